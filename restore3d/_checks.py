@@ -1,0 +1,132 @@
+"""Validation and dtype policy shared by every public function.
+
+One place decides what a valid volume, spacing and PSF are, so every entry
+point rejects bad input with the same clear ``ValueError``.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["as_volume", "as_spacing", "as_psf", "as_rng"]
+
+
+def as_volume(volume, *, name: str = "volume", copy: bool = False,
+              allow_non_finite: bool = False) -> np.ndarray:
+    """Return ``volume`` as a C-contiguous float32 (z, y, x) array.
+
+    Parameters
+    ----------
+    volume : array_like, shape (Z, Y, X)
+        Real-valued numeric data. Integers are converted to float32,
+        float64 is converted to float32.
+    name : str
+        Name used in error messages.
+    copy : bool
+        Always return a new array (never a view of the caller's data).
+    allow_non_finite : bool
+        Skip the NaN/Inf check (for callers that handle it themselves).
+
+    Raises
+    ------
+    ValueError
+        If the input is not 3D, is empty, has a non-numeric dtype or holds
+        NaN/Inf values.
+    """
+    if isinstance(volume, np.ndarray):
+        arr = volume
+    else:
+        try:
+            arr = np.asarray(volume)
+        except Exception as exc:  # pragma: no cover - exotic inputs
+            raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer)
+                                 or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(
+            f"{name} has dtype {arr.dtype}, expected real numbers (integer or float); "
+            "convert it with np.asarray(..., dtype=np.float32)")
+    if arr.ndim != 3:
+        raise ValueError(
+            f"{name} must be 3D with axes (z, y, x), got {arr.ndim}D with shape {arr.shape}; "
+            "stack 2D planes along a first axis, or select one channel/time point of 4D data")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); every axis needs at least one voxel")
+    out = np.array(arr, dtype=np.float32, copy=copy, order="C") if copy else \
+        np.ascontiguousarray(arr, dtype=np.float32)
+    if not allow_non_finite and not np.isfinite(out).all():
+        n_bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+        raise ValueError(
+            f"{name} contains {n_bad} NaN or Inf values; replace them (e.g. np.nan_to_num) "
+            "or mask them before restoring")
+    return out
+
+
+def as_spacing(spacing, *, name: str = "spacing") -> tuple[float, float, float]:
+    """Validate a voxel spacing ``(dz, dy, dx)`` in micrometres.
+
+    Raises
+    ------
+    ValueError
+        If spacing is missing, does not have three entries, or an entry is not
+        a positive finite number.
+    """
+    if spacing is None:
+        raise ValueError(
+            f"{name} is required: pass the voxel size (dz, dy, dx) in micrometres, "
+            "e.g. spacing=(0.3, 0.1, 0.1)")
+    if isinstance(spacing, numbers.Number):
+        raise ValueError(
+            f"{name} must be three numbers (dz, dy, dx) in micrometres, got the single "
+            f"number {spacing!r}; for isotropic voxels pass ({spacing}, {spacing}, {spacing})")
+    try:
+        values = [float(v) for v in spacing]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{name} must be three numbers (dz, dy, dx) in micrometres, got {spacing!r}") from exc
+    if len(values) != 3:
+        raise ValueError(
+            f"{name} must have 3 entries (dz, dy, dx) in micrometres, got {len(values)}: {spacing!r}")
+    for axis, v in zip("zyx", values):
+        if not np.isfinite(v) or v <= 0:
+            raise ValueError(
+                f"{name} d{axis} must be a positive finite number of micrometres, got {v!r}")
+    return tuple(values)  # type: ignore[return-value]
+
+
+def as_psf(psf, *, name: str = "psf", volume_shape: Sequence[int] | None = None,
+           normalize: bool = True) -> np.ndarray:
+    """Validate a PSF array: 3D, finite, non-negative after rounding, positive sum.
+
+    The PSF is returned as float32, normalised to unit sum when ``normalize``.
+    When ``volume_shape`` is given, a PSF larger than the volume along any axis
+    is rejected.
+    """
+    arr = as_volume(psf, name=name)
+    if arr.min() < -1e-3 * max(float(arr.max()), 0.0):
+        raise ValueError(
+            f"{name} has negative values (min {arr.min():.3g}, max {arr.max():.3g}); "
+            "subtract the background so it is >= 0, or clip it")
+    arr = np.clip(arr, 0, None)
+    total = float(arr.sum(dtype=np.float64))
+    if total <= 0:
+        raise ValueError(f"{name} sums to {total}; a PSF needs positive values")
+    if volume_shape is not None:
+        too_big = [f"{ax}: {p} > {v}" for ax, p, v in zip("zyx", arr.shape, volume_shape) if p > v]
+        if too_big:
+            raise ValueError(
+                f"{name} shape {arr.shape} is larger than the volume {tuple(volume_shape)} "
+                f"({', '.join(too_big)}); crop the PSF around its peak to at most the volume size")
+    if normalize:
+        arr = (arr / np.float32(total)).astype(np.float32)
+    return arr
+
+
+def as_rng(seed) -> np.random.Generator:
+    """Return a ``numpy.random.Generator`` from a seed, a Generator or None."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and not isinstance(seed, (numbers.Integral, np.random.SeedSequence)):
+        raise ValueError(f"seed must be an integer, a numpy Generator or None, got {seed!r}")
+    return np.random.default_rng(seed)

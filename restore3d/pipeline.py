@@ -1,0 +1,468 @@
+"""Pipeline of named, swappable restoration stages and its result.
+
+A stage is a small object whose ``__call__(volume, ctx)`` takes a float32
+(z, y, x) volume and a :class:`RunContext` and returns the new volume of the
+same shape. A :class:`Pipeline` chains named stages, lets you reach, replace
+or remove (``"passthrough"``) each one by name, sweep their parameters with
+``set_params(rl__iterations=50)``, and round-trips to a plain dict / JSON file
+so the exact pipeline behind a result can be kept and shared.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+
+from ._checks import as_psf, as_rng, as_spacing, as_volume
+from ._version import __version__
+
+__all__ = ["Stage", "RunContext", "Result", "Pipeline", "stage_types", "PASSTHROUGH"]
+
+log = logging.getLogger(__name__)
+
+PASSTHROUGH = "passthrough"
+_REGISTRY: dict[str, type["Stage"]] = {}
+
+
+def stage_types() -> dict[str, type["Stage"]]:
+    """All stage classes known to :meth:`Pipeline.from_dict`, by class name."""
+    return dict(_REGISTRY)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What the stages of one run share.
+
+    Attributes
+    ----------
+    spacing : (dz, dy, dx) tuple of float
+        Voxel size in micrometres.
+    psf : ndarray or None
+        The current PSF (unit sum, (z, y, x), same spacing): given to
+        :meth:`Pipeline.run`, or set by a stage that estimates it.
+    rng : numpy.random.Generator
+        The only source of randomness for stages.
+    logger : logging.Logger
+    device : str or None
+        ``"cpu"``, ``"cuda"`` or None (CUDA when available) for torch stages.
+    progress : bool
+        Whether stages show progress bars.
+    beads : structured ndarray or None
+        A bead table, when a stage produced one.
+    info : dict
+        Anything else stages report (e.g. ``info["psf"]`` statistics); it
+        ends up on the :class:`Result`.
+    """
+
+    spacing: tuple
+    psf: np.ndarray | None = None
+    rng: np.random.Generator = dataclasses.field(default_factory=np.random.default_rng)
+    logger: logging.Logger = log
+    device: str | None = None
+    progress: bool = False
+    beads: np.ndarray | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+class Stage:
+    """Base class of pipeline stages.
+
+    Subclasses store their keyword arguments as attributes of the same name
+    in ``__init__`` (and do nothing else there), and implement
+    ``__call__(volume, ctx) -> volume``. The class attribute ``default_name``
+    names the step when a bare stage is given to a pipeline. Subclasses are
+    registered by class name so pipelines can be rebuilt from JSON.
+    """
+
+    default_name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("default_name"):
+            cls.default_name = _snake(cls.__name__)
+        _REGISTRY[cls.__name__] = cls
+
+    def __call__(self, volume: np.ndarray, ctx: RunContext) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments of this stage, by name."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> "Stage":
+        """Change constructor arguments in place; unknown names raise ``ValueError``."""
+        valid = self._param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(
+                    f"{type(self).__name__} has no parameter {key!r}; valid parameters: {valid}")
+            setattr(self, key, value)
+        return self
+
+    def halo(self, spacing, psf) -> tuple[int, int, int]:
+        """Voxels of context this stage needs on each side of a chunk (z, y, x)."""
+        return (0, 0, 0)
+
+    def __repr__(self):
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        shown = []
+        for k, v in self.get_params().items():
+            d = defaults.get(k, inspect.Parameter.empty)
+            if isinstance(v, np.ndarray) or isinstance(d, np.ndarray) or v != d:
+                shown.append(f"{k}={_short_repr(v)}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _short_repr(v):
+    if isinstance(v, np.ndarray):
+        return f"<array {v.shape} {v.dtype}>"
+    return repr(v)
+
+
+# ----------------------------------------------------------------------------- JSON encoding
+def _encode(value, where):
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype), "shape": list(value.shape)}
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, where) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{where} has a value of type {type(value).__name__} that cannot be saved as "
+                    "JSON; use numbers, strings, lists, dicts or arrays")
+
+
+def _decode(value):
+    if isinstance(value, dict):
+        if "__ndarray__" in value:
+            return np.asarray(value["__ndarray__"], dtype=value.get("dtype", "float32")).reshape(
+                value.get("shape", np.shape(value["__ndarray__"])))
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+class Result:
+    """Output of :meth:`Pipeline.run`: the restored volume and what stages produced.
+
+    ``np.asarray(result)`` gives the restored float32 (z, y, x) volume.
+
+    Attributes
+    ----------
+    volume : (Z, Y, X) float32 ndarray
+    spacing : (dz, dy, dx) tuple, micrometres
+    psf : ndarray or None
+        The PSF given or estimated during the run.
+    timings : dict
+        Seconds per stage name, and ``"total"``.
+    beads : structured ndarray or None
+        Bead table, when a stage produced one.
+    pipeline : dict
+        :meth:`Pipeline.to_dict` of the pipeline that produced this result.
+    info : dict
+        Other stage reports.
+    """
+
+    def __init__(self, volume, *, spacing, psf=None, timings=None, beads=None,
+                 pipeline=None, info=None):
+        self.volume = volume
+        self.spacing = spacing
+        self.psf = psf
+        self.timings = dict(timings or {})
+        self.beads = beads
+        self.pipeline = pipeline or {}
+        self.info = dict(info or {})
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self.volume
+        if dtype is not None and np.dtype(dtype) != arr.dtype:
+            return arr.astype(dtype)
+        return arr.copy() if copy else arr
+
+    @property
+    def shape(self):
+        return self.volume.shape
+
+    @property
+    def dtype(self):
+        return self.volume.dtype
+
+    def __repr__(self):
+        t = self.timings.get("total", float("nan"))
+        return (f"Result(shape={self.volume.shape}, spacing={self.spacing}, "
+                f"psf={'yes' if self.psf is not None else 'no'}, total={t:.2f} s)")
+
+
+class Pipeline:
+    """A chain of named restoration stages.
+
+    Parameters
+    ----------
+    steps : list
+        Stages, ``(name, stage)`` pairs, or a mix. Bare stages are named by
+        their ``default_name`` (``"background"``, ``"psf"``, ``"rl"``, ...),
+        with ``_2``, ``_3`` appended when a name repeats. A stage may be the
+        string ``"passthrough"`` (or None), which leaves the volume unchanged.
+
+    Examples
+    --------
+    >>> import restore3d as r3
+    >>> pipe = r3.Pipeline([r3.SubtractBackground(method="percentile")])
+    >>> pipe.set_params(background__percentile=5.0)["background"].percentile
+    5.0
+    """
+
+    def __init__(self, steps):
+        if isinstance(steps, (Stage, str)) or not hasattr(steps, "__iter__"):
+            raise TypeError(f"steps must be a list of stages or (name, stage) pairs, got {steps!r}")
+        named: list[tuple[str, Any]] = []
+        seen: dict[str, int] = {}
+        explicit = {s[0] for s in steps if isinstance(s, tuple)}
+        for item in steps:
+            if isinstance(item, tuple):
+                if len(item) != 2 or not isinstance(item[0], str):
+                    raise TypeError(f"a named step must be a (name, stage) pair, got {item!r}")
+                name, stage = item
+            else:
+                stage = item
+                base = stage.default_name if isinstance(stage, Stage) else PASSTHROUGH
+                count = seen.get(base, 0) + 1
+                seen[base] = count
+                name = base if count == 1 else f"{base}_{count}"
+                while name in explicit:
+                    count += 1
+                    seen[base] = count
+                    name = f"{base}_{count}"
+            named.append((name, stage))
+        self._check_names([n for n, _ in named])
+        self.steps = [(n, self._check_stage(n, s)) for n, s in named]
+
+    # ------------------------------------------------------------------ structure
+    @staticmethod
+    def _check_names(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"step names must be unique, these repeat: {dup}")
+        bad = [n for n in names if "__" in n or not n]
+        if bad:
+            raise ValueError(f"step names must be non-empty and must not contain '__': {bad}")
+
+    @staticmethod
+    def _check_stage(name, stage):
+        if stage is None or stage == PASSTHROUGH:
+            return PASSTHROUGH
+        if not isinstance(stage, Stage):
+            raise TypeError(
+                f"step {name!r} is {stage!r}; expected a restore3d Stage or 'passthrough'")
+        return stage
+
+    @property
+    def named_steps(self) -> dict[str, Any]:
+        """Stages by name (``"passthrough"`` for removed ones)."""
+        return dict(self.steps)
+
+    def _index(self, key) -> int:
+        if isinstance(key, int):
+            if not -len(self.steps) <= key < len(self.steps):
+                raise IndexError(f"pipeline has {len(self.steps)} steps, no index {key}")
+            return key % len(self.steps)
+        names = [n for n, _ in self.steps]
+        if key not in names:
+            raise KeyError(f"no step named {key!r}; steps are {names}")
+        return names.index(key)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return Pipeline(self.steps[key])
+        return self.steps[self._index(key)][1]
+
+    def __setitem__(self, key, stage):
+        i = self._index(key)
+        name = self.steps[i][0]
+        self.steps[i] = (name, self._check_stage(name, stage))
+
+    def replace(self, name, stage) -> "Pipeline":
+        """Put ``stage`` (or ``"passthrough"``) in place of the step ``name``; returns self."""
+        self[name] = stage
+        return self
+
+    def __len__(self):
+        return len(self.steps)
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self.steps)
+
+    def __repr__(self):
+        inner = ",\n    ".join(f"({n!r}, {s!r})" for n, s in self.steps)
+        return f"Pipeline([\n    {inner},\n])"
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Steps by name and, with ``deep``, every stage parameter as ``name__param``."""
+        out: dict[str, Any] = {}
+        for name, stage in self.steps:
+            out[name] = stage
+            if deep and isinstance(stage, Stage):
+                for k, v in stage.get_params().items():
+                    out[f"{name}__{k}"] = v
+        return out
+
+    def set_params(self, **params) -> "Pipeline":
+        """Set ``name=stage`` (replace a step) or ``name__param=value``; returns self."""
+        names = [n for n, _ in self.steps]
+        for key, value in params.items():
+            step, sep, param = key.partition("__")
+            if step not in names:
+                raise ValueError(f"no step named {step!r} (from {key!r}); steps are {names}")
+            if not sep:
+                self[step] = value
+                continue
+            stage = self[step]
+            if not isinstance(stage, Stage):
+                raise ValueError(f"step {step!r} is passthrough; it has no parameter {param!r}")
+            stage.set_params(**{param: value})
+        return self
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        """A JSON-compatible description that :meth:`from_dict` turns back into this pipeline."""
+        steps = []
+        for name, stage in self.steps:
+            if stage == PASSTHROUGH:
+                steps.append({"name": name, "stage": PASSTHROUGH})
+            else:
+                steps.append({"name": name, "stage": type(stage).__name__,
+                              "params": _encode(stage.get_params(), f"step {name!r}")})
+        return {"restore3d_version": __version__, "steps": steps}
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> "Pipeline":
+        """Rebuild a pipeline from :meth:`to_dict` output; unknown stages or keys raise ``ValueError``."""
+        if not isinstance(spec, dict) or "steps" not in spec:
+            raise ValueError("a pipeline description is a dict with a 'steps' list")
+        unknown_top = sorted(set(spec) - {"steps", "restore3d_version"})
+        if unknown_top:
+            raise ValueError(f"unknown pipeline keys {unknown_top}; expected 'steps' (and 'restore3d_version')")
+        steps = []
+        for i, item in enumerate(spec["steps"]):
+            if not isinstance(item, dict) or "stage" not in item:
+                raise ValueError(f"step {i} must be a dict with 'name', 'stage' and 'params', got {item!r}")
+            extra = sorted(set(item) - {"name", "stage", "params"})
+            if extra:
+                raise ValueError(f"step {i}: unknown keys {extra}; expected 'name', 'stage', 'params'")
+            kind = item["stage"]
+            name = item.get("name")
+            if kind == PASSTHROUGH:
+                stage = PASSTHROUGH
+            else:
+                if kind not in _REGISTRY:
+                    raise ValueError(f"step {i}: unknown stage type {kind!r}; known: {sorted(_REGISTRY)}")
+                klass = _REGISTRY[kind]
+                params = _decode(item.get("params", {}))
+                valid = klass._param_names()
+                bad = sorted(set(params) - set(valid))
+                if bad:
+                    raise ValueError(f"step {i} ({kind}): unknown parameters {bad}; valid: {valid}")
+                stage = klass(**params)
+            steps.append((name, stage) if name else stage)
+        return cls(steps)
+
+    def save(self, path) -> Path:
+        """Write :meth:`to_dict` as a JSON file."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Pipeline":
+        """Read a pipeline JSON file written by :meth:`save`."""
+        path = Path(path)
+        try:
+            spec = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such pipeline file") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        try:
+            return cls.from_dict(spec)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    # ------------------------------------------------------------------ running
+    def run(self, volume, *, spacing, psf=None, seed=0, device: str | None = None,
+            progress: bool = False, logger: logging.Logger | None = None) -> Result:
+        """Restore one volume.
+
+        Parameters
+        ----------
+        volume : (Z, Y, X) array_like
+            Real numbers, finite. Never modified.
+        spacing : (dz, dy, dx) floats
+            Voxel size in micrometres.
+        psf : (z, y, x) ndarray, optional
+            A known PSF on the same spacing; stages use it unless one
+            estimates its own.
+        seed : int or Generator
+            Seed of the run's random generator (``ctx.rng``): the same seed
+            gives the same result.
+        device : {"cpu", "cuda"}, optional
+            Where torch stages run; default CUDA when available.
+        progress : bool
+            Show progress bars of long stages.
+
+        Returns
+        -------
+        Result
+
+        Raises
+        ------
+        ValueError
+            Input not 3D, empty, non-numeric or non-finite; spacing missing or
+            not positive; PSF larger than the volume.
+        """
+        vol = as_volume(volume, copy=True)
+        sp = as_spacing(spacing)
+        psf_arr = as_psf(psf, volume_shape=vol.shape) if psf is not None else None
+        ctx = RunContext(spacing=sp, psf=psf_arr, rng=as_rng(seed), logger=logger or log,
+                         device=device, progress=progress)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        for name, stage in self.steps:
+            if stage == PASSTHROUGH:
+                continue
+            t0 = time.perf_counter()
+            out = stage(vol, ctx)
+            out = np.asarray(out)
+            if out.shape != vol.shape:
+                raise RuntimeError(f"stage {name!r} changed the shape from {vol.shape} to {out.shape}")
+            if not np.isfinite(out).all():
+                raise RuntimeError(f"stage {name!r} produced NaN or Inf values")
+            vol = np.ascontiguousarray(out, dtype=np.float32)
+            timings[name] = time.perf_counter() - t0
+            ctx.logger.info("stage %r done in %.2f s", name, timings[name])
+        timings["total"] = time.perf_counter() - start
+        return Result(vol, spacing=sp, psf=ctx.psf, timings=timings, beads=ctx.beads,
+                      pipeline=self.to_dict(), info=ctx.info)

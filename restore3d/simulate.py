@@ -1,0 +1,439 @@
+"""Synthetic bead volumes with known truth, for tests, benchmarks and training.
+
+A simulation draws sub-resolution beads (also in margins above, below and
+around the stack, so their out-of-focus haze enters it), images them through
+a PSF, adds ambient light (camera offset + smooth glow) and Poisson + read
+noise, and renders the restoration target of DESIGN.md: every bead blurred
+by an isotropic Gaussian whose FWHM equals the PSF's lateral FWHM, zero
+background, same flux.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Sequence
+
+import numpy as np
+from scipy import fft as sfft
+from scipy.spatial import cKDTree
+
+from ._checks import as_psf, as_rng, as_spacing
+from ._profiles import FWHM_PER_SIGMA
+from .psf import fwhm, make_psf
+
+__all__ = ["AmbientLight", "Simulation", "simulate_beads", "render_target",
+           "ambient_field", "BEAD_DTYPE", "DEFAULT_OPTICS"]
+
+log = logging.getLogger(__name__)
+
+#: Optics of the default simulated microscope: water immersion, NA 1.1, green emission.
+DEFAULT_OPTICS = {"model": "widefield", "na": 1.1, "wavelength": 0.52, "n_immersion": 1.333}
+
+#: Columns of a bead table: position in voxels of the volume (z, y, x), in
+#: micrometres, flux (photons) and whether the bead lies inside the stack.
+BEAD_DTYPE = np.dtype([("z", "f8"), ("y", "f8"), ("x", "f8"),
+                       ("z_um", "f8"), ("y_um", "f8"), ("x_um", "f8"),
+                       ("flux", "f8"), ("inside", "?")])
+
+_AMBIENT_SHAPES = ("gradient", "blobs", "drift")
+
+
+@dataclasses.dataclass(frozen=True)
+class AmbientLight:
+    """Ambient light added to the imaged beads.
+
+    Parameters
+    ----------
+    offset : float
+        Camera offset in counts, added after noise (it carries no shot noise).
+    level : float
+        Mean of the smooth glow in photons per voxel.
+    shapes : tuple of str
+        Which spatial components the glow has: ``"gradient"`` (a linear ramp
+        in a random lateral direction), ``"blobs"`` (a few broad Gaussian
+        patches of light), ``"drift"`` (a slow change of the level along z).
+        Empty: a flat glow.
+    strength : float
+        Relative modulation of each component (0 = flat, 1 = the field
+        varies by about +-100 %).
+    """
+
+    offset: float = 100.0
+    level: float = 20.0
+    shapes: tuple = _AMBIENT_SHAPES
+    strength: float = 0.5
+
+    def __post_init__(self):
+        unknown = [s for s in self.shapes if s not in _AMBIENT_SHAPES]
+        if unknown:
+            raise ValueError(f"unknown ambient shapes {unknown}; expected any of {_AMBIENT_SHAPES}")
+        for label in ("offset", "level", "strength"):
+            v = getattr(self, label)
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"AmbientLight.{label} must be >= 0, got {v!r}")
+        object.__setattr__(self, "shapes", tuple(self.shapes))
+
+
+@dataclasses.dataclass
+class Simulation:
+    """Output of :func:`simulate_beads`; every array is float32 (z, y, x).
+
+    Attributes
+    ----------
+    raw : ndarray
+        What the camera records: blurred beads + ambient light + noise + offset.
+    target : ndarray
+        The restoration target: beads blurred by an isotropic Gaussian of
+        ``target_fwhm`` micrometres, zero background, flux preserved.
+    clean : ndarray
+        Noise-free blurred beads without ambient light (expected photons).
+    background : ndarray
+        Noise-free ambient light including the camera offset (counts).
+    truth : structured ndarray
+        One row per bead (:data:`BEAD_DTYPE`), including beads in the margins.
+    psf : ndarray
+        The PSF used, unit sum.
+    spacing : tuple
+        ``(dz, dy, dx)`` in micrometres.
+    target_fwhm : float
+        FWHM of the target's isotropic Gaussian in micrometres.
+    params : dict
+        The arguments that reproduce this simulation.
+    """
+
+    raw: np.ndarray
+    target: np.ndarray
+    clean: np.ndarray
+    background: np.ndarray
+    truth: np.ndarray
+    psf: np.ndarray
+    spacing: tuple
+    target_fwhm: float
+    params: dict
+
+    @property
+    def inside(self) -> np.ndarray:
+        """Rows of ``truth`` for the beads inside the stack."""
+        return self.truth[self.truth["inside"]]
+
+
+def _resolve_psf(psf, spacing):
+    if psf is None:
+        psf = dict(DEFAULT_OPTICS)
+    if isinstance(psf, str):
+        psf = {"model": psf} if psf != "widefield" else dict(DEFAULT_OPTICS)
+    if isinstance(psf, dict):
+        params = dict(psf)
+        model = params.pop("model", "widefield")
+        return make_psf(spacing, model=model, **params)
+    return as_psf(psf)
+
+
+def _draw_positions(rng, n, low, high, min_separation_vox):
+    """Uniform positions in the box [low, high) (voxels), optionally kept apart."""
+    low = np.asarray(low, float)
+    high = np.asarray(high, float)
+    if min_separation_vox is None:
+        return low + rng.random((n, 3)) * (high - low)
+    scale = np.asarray(min_separation_vox, float)  # anisotropic: compare in um
+    accepted = np.empty((0, 3))
+    attempts = 0
+    while len(accepted) < n and attempts < 50:
+        cand = low + rng.random((2 * (n - len(accepted)) + 8, 3)) * (high - low)
+        for c in cand:
+            if len(accepted) >= n:
+                break
+            if len(accepted):
+                d = np.sqrt((((accepted - c) / scale) ** 2).sum(1)).min()
+                if d < 1.0:
+                    continue
+            accepted = np.vstack([accepted, c])
+        attempts += 1
+    if len(accepted) < n:
+        log.warning("could only place %d of %d beads with the requested separation", len(accepted), n)
+    return accepted
+
+
+def ambient_field(shape: Sequence[int], spacing: Sequence[float], ambient: AmbientLight,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Smooth ambient glow in photons per voxel (without the camera offset).
+
+    The field has mean ``ambient.level``; its components are described in
+    :class:`AmbientLight`. Lengths of the blobs scale with the field of view.
+    """
+    Z, Y, X = shape
+    dz, dy, dx = spacing
+    z = (np.arange(Z) - (Z - 1) / 2) / max(Z - 1, 1)
+    y = (np.arange(Y) - (Y - 1) / 2) / max(Y - 1, 1)
+    x = (np.arange(X) - (X - 1) / 2) / max(X - 1, 1)
+    s = ambient.strength
+    lateral = np.ones((Y, X))
+    if "gradient" in ambient.shapes:
+        angle = rng.uniform(0, 2 * np.pi)
+        lateral = lateral + s * 2 * (np.cos(angle) * y[:, None] + np.sin(angle) * x[None, :])
+    if "blobs" in ambient.shapes:
+        n_blobs = int(rng.integers(2, 5))
+        fov = np.hypot(Y * dy, X * dx)
+        for _ in range(n_blobs):
+            cy, cx = rng.uniform(-0.5, 0.5, 2)
+            width = rng.uniform(0.15, 0.35) * fov
+            amp = rng.uniform(0.5, 1.0) * s * 2
+            r2 = ((y[:, None] - cy) * Y * dy) ** 2 + ((x[None, :] - cx) * X * dx) ** 2
+            lateral = lateral + amp * np.exp(-0.5 * r2 / width ** 2)
+    lateral = np.clip(lateral, 0.05, None)
+    axial = np.ones(Z)
+    if "drift" in ambient.shapes:
+        slope = rng.uniform(-1, 1) * s
+        curve = rng.uniform(-1, 1) * s
+        axial = np.clip(1 + slope * z + curve * (4 * z ** 2 - 1 / 3), 0.05, None)
+    field = axial[:, None, None] * lateral[None, :, :]
+    field *= ambient.level / max(field.mean(), 1e-12)
+    return field.astype(np.float32)
+
+
+def _sphere_form_factor(q_radius):
+    """Fourier transform of a uniform ball, unit at zero frequency."""
+    out = np.ones_like(q_radius)
+    nz = q_radius > 1e-6
+    x = q_radius[nz]
+    out[nz] = 3 * (np.sin(x) - x * np.cos(x)) / x ** 3
+    return out
+
+
+def _image_beads(positions, fluxes, psf, shape, spacing, bead_diameter, margins):
+    """Blurred beads on the volume grid, rendered exactly in Fourier space.
+
+    Each bead is a uniform ball (``bead_diameter`` um) at a continuous
+    position; its spectrum is computed analytically (a separable sum of
+    phase ramps, evaluated as one complex matrix product), multiplied by the
+    PSF's transfer function and transformed back once. The grid is padded by
+    the margins and the PSF size so nothing wraps into the volume.
+    """
+    shape = np.asarray(shape)
+    pshape = np.asarray(psf.shape)
+    offset = np.asarray(margins) + pshape // 2 + 1
+    grid = [sfft.next_fast_len(int(n), real=True) for n in shape + 2 * offset + pshape // 2 + 1]
+    freqs = [np.fft.fftfreq(grid[0]), np.fft.fftfreq(grid[1]), np.fft.rfftfreq(grid[2])]
+    coords = positions + offset  # grid coordinates
+    spectrum = np.zeros((grid[0] * grid[1], freqs[2].size), np.complex64)
+    chunk = max(1, int(2e7 // (grid[0] * grid[1])))
+    for start in range(0, len(coords), chunk):
+        c = coords[start:start + chunk]
+        ez = np.exp(-2j * np.pi * c[:, 0:1] * freqs[0][None, :]).astype(np.complex64)
+        ey = np.exp(-2j * np.pi * c[:, 1:2] * freqs[1][None, :]).astype(np.complex64)
+        ex = np.exp(-2j * np.pi * c[:, 2:3] * freqs[2][None, :]).astype(np.complex64)
+        a = (fluxes[start:start + chunk, None, None].astype(np.complex64)
+             * ez[:, :, None] * ey[:, None, :]).reshape(len(c), -1)
+        spectrum += a.T @ ex
+    spectrum = spectrum.reshape(grid[0], grid[1], -1)
+    if bead_diameter > 0:
+        qz, qy, qx = np.meshgrid(freqs[0] / spacing[0], freqs[1] / spacing[1],
+                                 freqs[2] / spacing[2], indexing="ij", sparse=True)
+        q = 2 * np.pi * np.sqrt(qz ** 2 + qy ** 2 + qx ** 2)
+        spectrum *= _sphere_form_factor(q * bead_diameter / 2).astype(np.float32)
+    padded = np.zeros(grid, np.float32)
+    padded[:psf.shape[0], :psf.shape[1], :psf.shape[2]] = psf
+    padded = np.roll(padded, tuple(-(p // 2) for p in psf.shape), axis=(0, 1, 2))
+    spectrum *= sfft.rfftn(padded, workers=-1)
+    image = sfft.irfftn(spectrum, s=grid, workers=-1)
+    sl = tuple(slice(o, o + n) for o, n in zip(offset, shape))
+    return np.clip(image[sl], 0, None).astype(np.float32)
+
+
+def render_target(truth: np.ndarray, shape: Sequence[int], spacing: Sequence[float], *,
+                  fwhm_um: float, bead_diameter: float = 0.0) -> np.ndarray:
+    """Render beads as isotropic Gaussian blobs: the restoration target.
+
+    Each bead becomes a Gaussian of ``fwhm_um`` micrometres FWHM on every
+    axis (its variance widened by the ball's ``(d/2)^2 / 5``), point-sampled
+    at voxel centres and normalised so the samples of every bead sum to its
+    flux (exact even when z is undersampled). Parts outside the volume are
+    cut.
+
+    Parameters
+    ----------
+    truth : structured ndarray
+        Bead table with at least the fields ``z, y, x`` (voxels) and ``flux``.
+    shape : (Z, Y, X) ints
+    spacing : (dz, dy, dx) floats, micrometres
+    fwhm_um : float
+        FWHM of the isotropic Gaussian in micrometres.
+    bead_diameter : float
+        Bead diameter in micrometres.
+
+    Returns
+    -------
+    target : (Z, Y, X) float32 ndarray
+    """
+    spacing = as_spacing(spacing)
+    if not np.isfinite(fwhm_um) or fwhm_um <= 0:
+        raise ValueError(f"fwhm_um must be a positive number of micrometres, got {fwhm_um!r}")
+    out = np.zeros(tuple(int(s) for s in shape), np.float32)
+    sigma_um = np.sqrt((fwhm_um / FWHM_PER_SIGMA) ** 2 + (bead_diameter / 2) ** 2 / 5)
+    sig = sigma_um / np.asarray(spacing)
+    half = np.ceil(4 * sig).astype(int) + 1
+    for row in truth:
+        c = np.array([row["z"], row["y"], row["x"]])
+        base = np.round(c).astype(int)
+        profiles, slices = [], []
+        for a in range(3):
+            idx = np.arange(base[a] - half[a], base[a] + half[a] + 1)
+            g = np.exp(-0.5 * ((idx - c[a]) / sig[a]) ** 2)
+            g /= g.sum()
+            keep = (idx >= 0) & (idx < out.shape[a])
+            if not keep.any():
+                break
+            profiles.append(g[keep])
+            slices.append(slice(idx[keep][0], idx[keep][-1] + 1))
+        else:
+            out[tuple(slices)] += (row["flux"] * profiles[0][:, None, None]
+                                   * profiles[1][None, :, None] * profiles[2][None, None, :])
+    return out
+
+
+def simulate_beads(shape: Sequence[int] = (32, 256, 256),
+                   spacing: Sequence[float] = (0.3, 0.1, 0.1), *,
+                   n_beads: int | None = None, density: float = 0.02,
+                   bead_diameter: float = 0.1, flux: float = 3000.0, flux_spread: float = 0.4,
+                   psf=None, ambient: AmbientLight | dict | None = None,
+                   read_noise: float = 2.0, poisson: bool = True,
+                   margin: Sequence[float] | None = None,
+                   min_separation: float | None = None,
+                   target_fwhm: float | None = None,
+                   seed=None) -> Simulation:
+    """Simulate a widefield bead volume, its truth and its restoration target.
+
+    Parameters
+    ----------
+    shape : (Z, Y, X) ints
+        Shape of the recorded volume.
+    spacing : (dz, dy, dx) floats
+        Voxel size in micrometres.
+    n_beads : int, optional
+        Number of beads inside the stack; the margins get beads at the same
+        density. Overrides ``density``.
+    density : float
+        Beads per cubic micrometre (inside the stack and in the margins).
+    bead_diameter : float
+        Bead diameter in micrometres (default 0.1, below the resolution).
+    flux : float
+        Median number of photons a bead emits into the recorded PSF.
+    flux_spread : float
+        Standard deviation of ``log(flux)`` between beads (0: all equal).
+    psf : ndarray, dict or str, optional
+        A PSF array (same spacing), a model dict such as
+        ``{"model": "widefield", "na": 1.2, "wavelength": 0.6}`` or
+        ``{"model": "gaussian", "fwhm_lateral": 0.3, "fwhm_axial": 0.9}``,
+        or a model name. Default: :data:`DEFAULT_OPTICS`.
+    ambient : AmbientLight or dict, optional
+        Ambient light; default ``AmbientLight()``. ``AmbientLight(offset=0,
+        level=0)`` for none.
+    read_noise : float
+        Standard deviation of the Gaussian camera read noise in counts.
+    poisson : bool
+        Apply Poisson shot noise to the expected photon counts.
+    margin : (mz, my, mx) floats, optional
+        Thickness in micrometres of the margins around the stack that also
+        hold beads. Default: the PSF's half size on each axis, so every bead
+        whose haze reaches the stack is simulated.
+    min_separation : float, optional
+        Minimal distance between beads in micrometres (isolated beads).
+    target_fwhm : float, optional
+        FWHM of the target's isotropic Gaussian in micrometres; default the
+        lateral FWHM of the PSF.
+    seed : int or Generator, optional
+        Everything random comes from this seed.
+
+    Returns
+    -------
+    Simulation
+
+    Examples
+    --------
+    >>> sim = simulate_beads((16, 64, 64), n_beads=10, seed=0)
+    >>> sim.raw.shape, sim.raw.dtype.name, int(sim.inside.size)
+    ((16, 64, 64), 'float32', 10)
+    """
+    params = dict(shape=tuple(int(s) for s in shape), spacing=tuple(spacing), n_beads=n_beads,
+                  density=density, bead_diameter=bead_diameter, flux=flux,
+                  flux_spread=flux_spread, read_noise=read_noise, poisson=poisson,
+                  margin=margin, min_separation=min_separation, target_fwhm=target_fwhm,
+                  seed=seed if not isinstance(seed, np.random.Generator) else None)
+    spacing = as_spacing(spacing)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be three positive integers (Z, Y, X), got {shape!r}")
+    for label, v in (("density", density), ("bead_diameter", bead_diameter), ("flux", flux),
+                     ("flux_spread", flux_spread), ("read_noise", read_noise)):
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"{label} must be a finite number >= 0, got {v!r}")
+    if n_beads is not None and n_beads < 0:
+        raise ValueError(f"n_beads must be >= 0, got {n_beads!r}")
+    if ambient is None:
+        ambient = AmbientLight()
+    elif isinstance(ambient, dict):
+        ambient = AmbientLight(**ambient)
+    rng = as_rng(seed)
+    psf_arr = _resolve_psf(psf, spacing)
+    if isinstance(psf, np.ndarray):
+        params["psf"] = "array"
+    else:
+        params["psf"] = psf if psf is not None else dict(DEFAULT_OPTICS)
+    params["ambient"] = dataclasses.asdict(ambient)
+
+    if margin is None:
+        margin_vox = np.array(psf_arr.shape) // 2
+    else:
+        margin_vox = np.ceil(np.asarray(as_spacing(margin, name="margin")) /
+                             np.asarray(spacing)).astype(int)
+    low = -0.5 - margin_vox
+    high = np.asarray(shape) - 0.5 + margin_vox
+    vol_um3 = float(np.prod(np.asarray(shape) * spacing))
+    ext_um3 = float(np.prod((high - low) * spacing))
+    if n_beads is not None:
+        n_total = int(round(n_beads * ext_um3 / vol_um3))
+    else:
+        n_total = int(rng.poisson(density * ext_um3))
+    sep = None if min_separation is None else min_separation / np.asarray(spacing)
+    if n_beads is not None:
+        # exactly n_beads inside the stack, the margins at the same density
+        inner = _draw_positions(rng, n_beads, [-0.5] * 3, np.asarray(shape) - 0.5, sep)
+        outer = _draw_positions(rng, 4 * max(n_total - n_beads, 0) + 4, low, high, None)
+        is_out = ~np.all((outer >= -0.5) & (outer < np.asarray(shape) - 0.5), axis=1)
+        outer = outer[is_out][:max(n_total - n_beads, 0)]
+        positions = np.vstack([inner, outer]) if len(outer) else inner
+    else:
+        positions = _draw_positions(rng, n_total, low, high, sep)
+    positions = positions.reshape(-1, 3)
+    fluxes = flux * np.exp(flux_spread * rng.standard_normal(len(positions)) - 0.5 * flux_spread ** 2) \
+        if flux_spread > 0 else np.full(len(positions), float(flux))
+
+    truth = np.zeros(len(positions), BEAD_DTYPE)
+    for i, ax in enumerate("zyx"):
+        truth[ax] = positions[:, i]
+        truth[ax + "_um"] = positions[:, i] * spacing[i]
+    truth["flux"] = fluxes
+    truth["inside"] = np.all((positions >= -0.5) & (positions < np.asarray(shape) - 0.5), axis=1)
+
+    if len(positions):
+        clean = _image_beads(positions, fluxes, psf_arr, shape, spacing, bead_diameter, margin_vox)
+    else:
+        clean = np.zeros(shape, np.float32)
+    glow = ambient_field(shape, spacing, ambient, rng)
+    expected = clean + glow
+    if poisson:
+        counts = rng.poisson(expected.astype(np.float64)).astype(np.float32)
+    else:
+        counts = expected.copy()
+    if read_noise > 0:
+        counts += (read_noise * rng.standard_normal(shape)).astype(np.float32)
+    raw = counts + np.float32(ambient.offset)
+
+    if target_fwhm is None:
+        widths = fwhm(psf_arr, spacing)
+        target_fwhm = float(np.nanmean(widths[1:]))
+    target = render_target(truth, shape, spacing, fwhm_um=target_fwhm, bead_diameter=bead_diameter)
+    return Simulation(raw=raw.astype(np.float32), target=target, clean=clean,
+                      background=(glow + np.float32(ambient.offset)).astype(np.float32),
+                      truth=truth, psf=psf_arr, spacing=spacing, target_fwhm=float(target_fwhm),
+                      params=params)
