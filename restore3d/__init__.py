@@ -6,10 +6,12 @@ estimation, Richardson-Lucy deconvolution) chained with a small 3D CNN
 refiner, each stage swappable and measurable. Arrays are float32 (z, y, x);
 spacings are (dz, dy, dx) in micrometres.
 """
-from . import background, detect, io, metrics, psf, simulate
+from . import background, deconvolution, detect, io, metrics, psf, psf_estimation, simulate
 from ._version import __version__
 from .pipeline import Pipeline, Result, RunContext, Stage
-from .stages import SubtractBackground
+from .stages import BlindDeconvolution, EstimatePSF, RichardsonLucy, SubtractBackground
 
-__all__ = ["Pipeline", "Result", "RunContext", "Stage", "SubtractBackground",
-           "background", "detect", "io", "metrics", "psf", "simulate", "__version__"]
+__all__ = ["Pipeline", "Result", "RunContext", "Stage", "SubtractBackground", "EstimatePSF",
+           "RichardsonLucy", "BlindDeconvolution",
+           "background", "deconvolution", "detect", "io", "metrics", "psf", "psf_estimation",
+           "simulate", "__version__"]

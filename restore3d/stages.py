@@ -5,12 +5,46 @@ round-trip through JSON) and does its work in ``__call__(volume, ctx)``.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from . import background as _bg
+from ._checks import as_psf
+from .deconvolution import blind_richardson_lucy, richardson_lucy
 from .pipeline import RunContext, Stage
+from .psf import crop_psf, fwhm, make_psf
+from .psf_estimation import estimate_psf
 
-__all__ = ["SubtractBackground"]
+__all__ = ["SubtractBackground", "EstimatePSF", "RichardsonLucy", "BlindDeconvolution"]
+
+
+def _defaults(func):
+    """Keyword defaults of an array function: the one source for its stage's defaults."""
+    return {k: p.default for k, p in inspect.signature(func).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+_RL = _defaults(richardson_lucy)
+_BLIND = _defaults(blind_richardson_lucy)
+_EST = _defaults(estimate_psf)
+
+
+def _stage_psf(stage, ctx, volume):
+    """The PSF a deconvolution stage uses: its own, else the run's."""
+    if stage.psf is not None:
+        psf = as_psf(stage.psf, volume_shape=volume.shape)
+    elif ctx.psf is not None:
+        psf = ctx.psf
+    else:
+        raise ValueError(
+            f"{type(stage).__name__} needs a PSF: put EstimatePSF() before it in the pipeline, "
+            f"pass psf= to Pipeline.run, or give {type(stage).__name__}(psf=array)")
+    return psf
+
+
+def _psf_halo(psf, factor=1.0):
+    return tuple(int(np.ceil(factor * (p // 2))) for p in psf.shape)
 
 
 class SubtractBackground(Stage):
@@ -58,4 +92,139 @@ class SubtractBackground(Stage):
         ctx.info["background"] = {"method": self.method, "mean": float(bg.mean()),
                                   "min": float(bg.min()), "max": float(bg.max()),
                                   "noise_sigma": _bg.estimate_noise(volume)}
+        return out
+
+
+class EstimatePSF(Stage):
+    """Estimate the PSF from the beads of the volume (:func:`restore3d.psf_estimation.estimate_psf`).
+
+    The volume passes through unchanged; the PSF goes to ``ctx.psf`` for the
+    deconvolution stages and onto the :class:`~restore3d.pipeline.Result`,
+    its statistics to ``ctx.info["psf"]``.
+
+    Parameters
+    ----------
+    half_size_um, snr, model, model_params, max_beads
+        As in :func:`~restore3d.psf_estimation.estimate_psf`.
+    fallback : dict, optional
+        A PSF model (``{"model": "widefield", "na": 1.1, "wavelength": 0.52,
+        "n_immersion": 1.333}``) used, with a warning, when no usable bead
+        is found; without it the run stops with the estimator's error.
+    keep_given : bool
+        When the run already has a PSF (``Pipeline.run(psf=...)``), keep it
+        and skip the estimation.
+    """
+
+    default_name = "psf"
+
+    def __init__(self, *, half_size_um=None, snr: float = _EST["snr"], model=None,
+                 model_params: dict | None = None, max_beads: int = _EST["max_beads"],
+                 fallback: dict | None = None, keep_given: bool = True):
+        self.half_size_um = half_size_um
+        self.snr = snr
+        self.model = model
+        self.model_params = model_params
+        self.max_beads = max_beads
+        self.fallback = fallback
+        self.keep_given = keep_given
+
+    def __call__(self, volume, ctx: RunContext):
+        if ctx.psf is not None and self.keep_given:
+            ctx.logger.info("EstimatePSF: keeping the PSF given to the run")
+            ctx.info["psf"] = {"source": "given", "fwhm_um": fwhm(ctx.psf, ctx.spacing).tolist()}
+            return volume
+        try:
+            est = estimate_psf(volume, ctx.spacing, half_size_um=self.half_size_um, snr=self.snr,
+                               model=self.model, model_params=self.model_params,
+                               max_beads=self.max_beads, return_info=True)
+        except ValueError as exc:
+            if not self.fallback:
+                raise
+            spec = dict(self.fallback)
+            ctx.logger.warning("PSF estimation failed (%s); using the fallback model %s", exc, spec)
+            ctx.psf = make_psf(ctx.spacing, model=spec.pop("model", "widefield"), **spec)
+            ctx.info["psf"] = {"source": "fallback", "fwhm_um": fwhm(ctx.psf, ctx.spacing).tolist()}
+            return volume
+        ctx.psf = est.psf
+        ctx.info["psf"] = {"source": "estimated", "n_beads": est.n_beads,
+                           "n_candidates": est.n_candidates, "rejected": est.rejected,
+                           "fwhm_um": est.fwhm_um.tolist(), "model_fit": est.model_fit}
+        ctx.logger.info("%s", est.summary())
+        return volume
+
+
+class RichardsonLucy(Stage):
+    """Richardson-Lucy deconvolution (:func:`restore3d.deconvolution.richardson_lucy`).
+
+    Uses ``psf`` when given, else the run's PSF (given to ``run`` or
+    estimated by :class:`EstimatePSF`). Parameters as in the function; the
+    run's device, threads and progress setting apply.
+    """
+
+    default_name = "rl"
+
+    def __init__(self, iterations: int = _RL["iterations"], *, acceleration: str = _RL["acceleration"],
+                 boundary: str = _RL["boundary"], tv: float = _RL["tv"],
+                 stop_tol: float | None = _RL["stop_tol"], backprojector: str = _RL["backprojector"],
+                 background: float = _RL["background"], psf=None):
+        self.iterations = iterations
+        self.acceleration = acceleration
+        self.boundary = boundary
+        self.tv = tv
+        self.stop_tol = stop_tol
+        self.backprojector = backprojector
+        self.background = background
+        self.psf = psf
+
+    def __call__(self, volume, ctx: RunContext):
+        psf = _stage_psf(self, ctx, volume)
+        out, info = richardson_lucy(volume, psf, iterations=self.iterations, acceleration=self.acceleration,
+                                    boundary=self.boundary, tv=self.tv, stop_tol=self.stop_tol,
+                                    backprojector=self.backprojector, background=self.background,
+                                    spacing=ctx.spacing, device=ctx.device, progress=ctx.progress,
+                                    return_info=True)
+        ctx.info["rl"] = {"iterations": info.iterations, "converged": info.converged,
+                          "seconds": info.seconds}
+        return out
+
+    def halo(self, spacing, psf):
+        # iterations spread information beyond one PSF: see benchmarks/RESULTS.md (chunking)
+        return _psf_halo(psf if self.psf is None else np.asarray(self.psf), 2.0)
+
+
+class BlindDeconvolution(Stage):
+    """Blind Richardson-Lucy (:func:`restore3d.deconvolution.blind_richardson_lucy`).
+
+    Starts from ``psf``, else the run's PSF, else the model ``initial``
+    (default a widefield model); the refined PSF replaces ``ctx.psf``.
+    """
+
+    default_name = "blind_rl"
+
+    def __init__(self, iterations: int = _BLIND["iterations"], *,
+                 object_iterations: int = _BLIND["object_iterations"],
+                 psf_iterations: int = _BLIND["psf_iterations"], boundary: str = _BLIND["boundary"],
+                 psf=None, initial: dict | None = None):
+        self.iterations = iterations
+        self.object_iterations = object_iterations
+        self.psf = psf
+        self.psf_iterations = psf_iterations
+        self.boundary = boundary
+        self.initial = initial
+
+    def __call__(self, volume, ctx: RunContext):
+        if self.psf is None and ctx.psf is None:
+            from .simulate import DEFAULT_OPTICS
+            spec = dict(self.initial or DEFAULT_OPTICS)
+            start = crop_psf(make_psf(ctx.spacing, model=spec.pop("model", "widefield"), **spec),
+                             volume.shape)
+        else:
+            start = _stage_psf(self, ctx, volume)
+        out, psf, info = blind_richardson_lucy(
+            volume, start, iterations=self.iterations, object_iterations=self.object_iterations,
+            psf_iterations=self.psf_iterations, boundary=self.boundary, device=ctx.device,
+            progress=ctx.progress, return_info=True)
+        ctx.psf = psf
+        ctx.info["blind_rl"] = {"iterations": info.iterations, "seconds": info.seconds,
+                                "fwhm_um": fwhm(psf, ctx.spacing).tolist()}
         return out

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from restore3d.background import subtract_background
+from restore3d.psf import fwhm
+from restore3d.psf_estimation import estimate_psf, normalized_cross_correlation
+from restore3d.simulate import AmbientLight, simulate_beads
+
+SP = (0.3, 0.1, 0.1)
+
+
+def _check(est, true_psf, spacing):
+    ratio = est.fwhm_um / fwhm(true_psf, spacing)
+    assert np.all(np.abs(ratio - 1) <= 0.10), ratio
+    assert normalized_cross_correlation(est.psf, true_psf) >= 0.95
+    assert est.psf.sum() == pytest.approx(1.0, abs=1e-4)
+    c = tuple(s // 2 for s in est.psf.shape)
+    assert np.unravel_index(est.psf.argmax(), est.psf.shape) == c
+
+
+def test_recovers_widefield_model():
+    """From a simulated widefield volume: FWHM within 10 % per axis, NCC >= 0.95."""
+    sim = simulate_beads((32, 160, 160), SP, flux=6000, density=0.02, seed=5)
+    vol = subtract_background(sim.raw, SP)
+    est = estimate_psf(vol, SP, return_info=True)
+    assert est.n_beads >= 5
+    _check(est, sim.psf, SP)
+
+
+def test_recovers_measured_llsm_psf(shared_data):
+    """From a volume simulated with the real measured lattice light-sheet PSF: same acceptance."""
+    import tifffile
+    raw = tifffile.imread(shared_data / "llsm-psf" / "psf.tif").astype(np.float32)
+    p = np.clip(raw - np.median(raw), 0, None)
+    c = np.unravel_index(p.argmax(), p.shape)
+    p = p[c[0] - 12:c[0] + 13, c[1] - 12:c[1] + 13, c[2] - 12:c[2] + 13]
+    p /= p.sum()
+    sp = (0.1, 0.1, 0.1)
+    sim = simulate_beads((48, 160, 160), sp, psf=p, density=0.01, flux=20000, seed=6)
+    est = estimate_psf(subtract_background(sim.raw, sp), sp, return_info=True)
+    _check(est, p, sp)
+
+
+def test_model_fits():
+    """Gaussian and widefield fits return smooth models that stay close to the truth."""
+    sim = simulate_beads((32, 160, 160), SP, flux=6000, density=0.02, seed=5)
+    vol = subtract_background(sim.raw, SP)
+    wf = estimate_psf(vol, SP, model="widefield", model_params={"wavelength": 0.52, "n_immersion": 1.333},
+                      return_info=True)
+    assert wf.model_fit["na"] == pytest.approx(1.1, abs=0.1)
+    assert normalized_cross_correlation(wf.psf, sim.psf) > 0.97
+    g = estimate_psf(vol, SP, model="gaussian", return_info=True)
+    np.testing.assert_allclose(g.fwhm_um[1:], fwhm(sim.psf, SP)[1:], rtol=0.1)
+
+
+def test_no_beads_raises_helpful_error():
+    """A volume without beads says so and suggests a PSF or a model."""
+    vol = np.random.default_rng(0).normal(10, 1, (16, 64, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match="no usable bead.*pass a measured PSF.*PSF model"):
+        estimate_psf(np.clip(vol - 10, 0, None), SP, snr=50)
+
+
+def test_crowded_beads_rejected():
+    """When every bead has a neighbour inside its box, none is used and the error lists the reason."""
+    sim = simulate_beads((16, 48, 48), SP, n_beads=60, flux=20000, ambient=AmbientLight(0, 0),
+                         read_noise=0, seed=1)
+    with pytest.raises(ValueError, match="'neighbour': [1-9]"):
+        estimate_psf(sim.raw, SP, half_size_um=(2.0, 1.5, 1.5))
