@@ -120,6 +120,20 @@ class Stage:
         """Voxels of context this stage needs on each side of a chunk (z, y, x)."""
         return (0, 0, 0)
 
+    def alignment(self, spacing) -> tuple[int, int, int]:
+        """Grid (z, y, x) that chunk origins must follow for chunked results to equal whole ones."""
+        return (1, 1, 1)
+
+    def freeze(self, sample: np.ndarray, ctx: "RunContext"):
+        """The stage as it must run on every chunk of a large volume.
+
+        Global quantities (a PSF, a background level, an intensity scale)
+        are measured once on ``sample`` (a central block, after the previous
+        stages) and fixed, so all chunks use the same values. Returns a
+        stage or ``"passthrough"``; the default returns the stage itself.
+        """
+        return self
+
     def __repr__(self):
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
         shown = []
@@ -462,6 +476,7 @@ class Pipeline:
                 raise RuntimeError(f"stage {name!r} produced NaN or Inf values")
             vol = np.ascontiguousarray(out, dtype=np.float32)
             timings[name] = time.perf_counter() - t0
+            ctx.info.setdefault("history", []).append(type(stage).__name__)
             ctx.logger.info("stage %r done in %.2f s", name, timings[name])
         timings["total"] = time.perf_counter() - start
         return Result(vol, spacing=sp, psf=ctx.psf, timings=timings, beads=ctx.beads,

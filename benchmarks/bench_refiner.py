@@ -1,0 +1,217 @@
+"""Refiner benchmarks: loss ablation, hybrid vs the original raw-input approach, acceptance, adaptation.
+
+Usage::
+
+    python benchmarks/bench_refiner.py ablation --steps 300 --pool 80 --work /tmp/r3-ablation
+    python benchmarks/bench_refiner.py acceptance [--weights restore3d/refiner/weights/default.json]
+    python benchmarks/bench_refiner.py adapt --minutes 3
+
+Every variant of an ablation is trained with the same recipe and budget
+(steps, pool of simulated volumes, seed) and evaluated on the same fixed-seed
+volumes of three optical settings that the training never saw.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import machine, table
+import restore3d as r3
+from restore3d import metrics
+from restore3d.pipeline import Pipeline
+from restore3d.refiner import Refiner
+from restore3d.refiner.data import SimulationRanges, default_prefix, make_pairs
+from restore3d.refiner.normalize import Normalizer
+from restore3d.refiner.train import TrainConfig, train
+from restore3d.simulate import simulate_beads
+
+#: Optical settings outside or at unseen points of the training ranges
+#: (training: NA 0.9-1.35 water/oil, wavelength 0.45-0.65 um, depth <= 10 um).
+#: Fluxes give every setting a bead peak of about 40 photons over the glow.
+UNSEEN = {
+    "A: NA 0.8 air, 600 nm, dz 0.35": dict(
+        spacing=(0.35, 0.1, 0.1), flux=12000.0,
+        psf={"model": "widefield", "na": 0.8, "wavelength": 0.6, "n_immersion": 1.0}),
+    "B: NA 1.4 oil, 680 nm, 15 um deep in n=1.40": dict(
+        spacing=(0.25, 0.09, 0.09), flux=25000.0,
+        psf={"model": "widefield", "na": 1.4, "wavelength": 0.68, "n_immersion": 1.518, "n_sample": 1.40,
+             "depth": 15.0}),
+    "C: NA 1.0 water, 520 nm, dz 0.3 (demo optics)": dict(
+        spacing=(0.3, 0.1, 0.1), flux=6000.0,
+        psf={"model": "widefield", "na": 1.0, "wavelength": 0.52, "n_immersion": 1.333}),
+}
+KEYS = ["elongation", "background_residual", "nrmse", "nrmse_si", "ap", "f1"]
+
+
+def eval_volumes(seed=7, shape=(32, 256, 256)):
+    vols = []
+    for i, (name, kw) in enumerate(UNSEEN.items()):
+        sim = simulate_beads(shape, kw["spacing"], psf=kw["psf"], flux=kw["flux"], seed=seed + i)
+        vols.append((name, sim))
+    return vols
+
+
+def classical_output(classical, sim):
+    """The classical stages' output; if no bead is usable for the PSF, with the true PSF given."""
+    try:
+        return np.asarray(classical.run(sim.raw, spacing=sim.spacing))
+    except ValueError as exc:
+        print(f"  (PSF estimation failed: {exc}; using the true PSF)", flush=True)
+        from restore3d.psf import crop_psf
+        return np.asarray(classical.run(sim.raw, spacing=sim.spacing, psf=crop_psf(sim.psf, sim.raw.shape)))
+
+
+def evaluate(refiner, sims, prefix_outputs):
+    rows = []
+    for (name, sim), inp in zip(sims, prefix_outputs):
+        t0 = time.perf_counter()
+        out = refiner.restore(inp, sim.spacing)
+        dt = time.perf_counter() - t0
+        m = metrics.evaluate(out, target=sim.target, truth=sim.truth, spacing=sim.spacing)
+        rows.append({"setting": name, "seconds": dt, **{k: m[k] for k in KEYS}})
+    return rows
+
+
+def mean_row(rows, label):
+    out = {"variant": label}
+    for k in KEYS + ["seconds"]:
+        out[k] = float(np.nanmean([r[k] for r in rows]))
+    return out
+
+
+def cmd_ablation(args):
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sims = eval_volumes()
+    classical = default_prefix()
+    t0 = time.perf_counter()
+    hybrid_pool = make_pairs(args.pool, SimulationRanges(), classical, Normalizer(), seed=0, progress=True)
+    raw_pool = make_pairs(args.pool, SimulationRanges(), Pipeline([]), Normalizer(offset="median"), seed=0,
+                          progress=True)
+    print(f"pools: {time.perf_counter() - t0:.0f} s for {args.pool} + {args.pool} volumes", flush=True)
+    cls_inputs = [classical_output(classical, s) for _, s in sims]
+    raw_inputs = [s.raw for _, s in sims]
+    baseline = []
+    for (name, sim), inp in zip(sims, cls_inputs):
+        m = metrics.evaluate(inp, target=sim.target, truth=sim.truth, spacing=sim.spacing)
+        baseline.append({"setting": name, "seconds": 0.0, **{k: m[k] for k in KEYS}})
+    variants = [("imbalanced M=1 (= L1)", "imbalanced", {"weight": 1.0, "tau": 0.1}, False),
+                ("imbalanced M=10", "imbalanced", {"weight": 10.0, "tau": 0.1}, False),
+                ("imbalanced M=100", "imbalanced", {"weight": 100.0, "tau": 0.1}, False),
+                ("imbalanced M=1000 (original)", "imbalanced", {"weight": 1000.0, "tau": 0.1}, False),
+                ("MSE", "mse", {}, False),
+                ("combined (M=10 + MSE)", "combined", {"weight": 10.0, "tau": 0.1, "mse_weight": 1.0}, False),
+                ("original approach: raw input, M=1000", "imbalanced", {"weight": 1000.0, "tau": 0.1}, True),
+                ("raw input, M=10", "imbalanced", {"weight": 10.0, "tau": 0.1}, True)]
+    if args.only:
+        variants = [v for v in variants if any(o in v[0] for o in args.only)]
+    summary = [mean_row(baseline, "background + RL (no refiner)")]
+    detail = []
+    for label, loss, params, raw in variants:
+        name = label.split(":")[0].replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
+        cfg = TrainConfig(steps=args.steps, pool=args.pool, loss=loss, loss_params=params, seed=0,
+                          epoch_steps=max(25, args.steps // 6), patience=10 ** 6, validation=4)
+        t0 = time.perf_counter()
+        res = train(work / name, config=cfg, prefix=Pipeline([]) if raw else classical,
+                    normalizer=Normalizer(offset="median") if raw else Normalizer(),
+                    pairs=raw_pool if raw else hybrid_pool, progress=False)
+        secs = time.perf_counter() - t0
+        rows = evaluate(Refiner.load(res.checkpoint), sims, raw_inputs if raw else cls_inputs)
+        for r in rows:
+            detail.append({"variant": label, **r})
+        row = mean_row(rows, label)
+        row["train seconds"] = secs
+        summary.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\nmachine: {machine()}\n")
+    print(f"## Loss ablation and the original approach ({args.steps} steps, pool {args.pool}, batch 4, "
+          f"mean over 3 unseen optical settings)\n")
+    print(table(summary, ["variant", "train seconds"] + KEYS))
+    print("\nper setting:\n")
+    print(table([{"variant": "background + RL", **b} for b in baseline] + detail, ["variant", "setting"] + KEYS))
+
+
+def cmd_acceptance(args):
+    sims = eval_volumes()
+    torch.set_num_threads(args.threads)
+    classical = default_prefix()
+    refiner = Refiner.load(args.weights) if args.weights else Refiner.pretrained()
+    rows = []
+    for name, sim in sims:
+        raw_m = metrics.evaluate(sim.raw, target=sim.target, truth=sim.truth, spacing=sim.spacing)
+        t0 = time.perf_counter()
+        cls = classical_output(classical, sim)
+        t_cls = time.perf_counter() - t0
+        m_cls = metrics.evaluate(cls, target=sim.target, truth=sim.truth, spacing=sim.spacing)
+        refiner.restore(cls[:, :64, :64], sim.spacing)  # warm-up
+        t0 = time.perf_counter()
+        out = refiner.restore(cls, sim.spacing)
+        t_ref = time.perf_counter() - t0
+        m = metrics.evaluate(out, target=sim.target, truth=sim.truth, spacing=sim.spacing)
+        rows.append({"setting": name, "stages": "raw", **{k: raw_m[k] for k in KEYS}})
+        rows.append({"setting": name, "stages": "background + RL", "seconds": t_cls, **{k: m_cls[k] for k in KEYS}})
+        rows.append({"setting": name, "stages": "hybrid (+ refiner)", "seconds": t_cls + t_ref,
+                     "refiner seconds": t_ref, **{k: m[k] for k in KEYS},
+                     "NRMSE drop": 1 - m["nrmse"] / m_cls["nrmse"]})
+    print(f"machine: {machine()}; weights {refiner._path()}; precision {refiner.precision}\n")
+    print(table(rows, ["setting", "stages", "seconds", "refiner seconds"] + KEYS + ["NRMSE drop"]))
+
+
+def cmd_adapt(args):
+    import tifffile
+    torch.set_num_threads(args.threads)
+    raw = tifffile.imread(args.psf).astype(np.float32)
+    p = np.clip(raw - np.median(raw), 0, None)
+    c = np.unravel_index(p.argmax(), p.shape)
+    p = p[c[0] - 12:c[0] + 13, c[1] - 12:c[1] + 13, c[2] - 12:c[2] + 13]
+    p /= p.sum()
+    sp = (0.1, 0.1, 0.1)
+    user = simulate_beads((32, 256, 256), sp, psf=p, density=0.01, flux=20000.0, seed=21)
+    tests = [simulate_beads((32, 256, 256), sp, psf=p, density=0.01, flux=20000.0, seed=30 + i) for i in range(2)]
+    classical = default_prefix()
+    shipped = Refiner.pretrained()
+    t0 = time.perf_counter()
+    adapted = shipped.adapt(user.raw, sp, minutes=args.minutes, out=Path(args.work) / "adapted", progress=True)
+    t_adapt = time.perf_counter() - t0
+    rows = []
+    for i, sim in enumerate(tests):
+        cls = np.asarray(classical.run(sim.raw, spacing=sp))
+        for label, vol in (("background + RL", cls), ("shipped refiner", shipped.restore(cls, sp)),
+                           ("adapted refiner", adapted.restore(cls, sp))):
+            m = metrics.evaluate(vol, target=sim.target, truth=sim.truth, spacing=sp)
+            rows.append({"volume": f"LLSM-PSF test {i}", "restoration": label, **{k: m[k] for k in KEYS}})
+    print(f"machine: {machine()}; adaptation {t_adapt:.0f} s in all (budget {args.minutes} min of training)\n")
+    print(table(rows, ["volume", "restoration"] + KEYS))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("ablation")
+    a.add_argument("--steps", type=int, default=300)
+    a.add_argument("--pool", type=int, default=80)
+    a.add_argument("--work", default="/tmp/r3-ablation")
+    a.add_argument("--only", nargs="*", default=None)
+    a.add_argument("--threads", type=int, default=2)
+    b = sub.add_parser("acceptance")
+    b.add_argument("--weights", default=None)
+    b.add_argument("--threads", type=int, default=2)
+    c = sub.add_parser("adapt")
+    c.add_argument("--minutes", type=float, default=3.0)
+    c.add_argument("--psf", default="../shared/data/llsm-psf/psf.tif")
+    c.add_argument("--work", default="/tmp/r3-adapt")
+    c.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    {"ablation": cmd_ablation, "acceptance": cmd_acceptance, "adapt": cmd_adapt}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Train the refiner that ships inside the package (restore3d/refiner/weights/default.*).
+
+Usage (the command recorded in benchmarks/RESULTS.md)::
+
+    python benchmarks/train_refiner.py --out restore3d/refiner/weights/default --steps 2400 --pool 200
+
+The recipe is the CPU one (2 threads); with a GPU or an AMX/bf16 CPU the
+same command runs faster. It writes the checkpoint (state_dict + JSON with
+the architecture, normalisation, preceding stages, spacing range, loss,
+training command, wall time and validation history, SHA-256).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from restore3d.refiner.data import SimulationRanges
+from restore3d.refiner.model import UNetConfig
+from restore3d.refiner.train import TrainConfig, train
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="restore3d/refiner/weights/default")
+    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--pool", type=int, default=200)
+    ap.add_argument("--loss", default="imbalanced")
+    ap.add_argument("--weight", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    params = {"weight": args.weight, "tau": 0.1} if args.loss in ("imbalanced", "combined") else {}
+    cfg = TrainConfig(steps=args.steps, pool=args.pool, loss=args.loss, loss_params=params, seed=args.seed,
+                      epoch_steps=100, patience=6, validation=6, precision=args.precision,
+                      time_limit=None if args.minutes is None else 60 * args.minutes)
+    command = "python benchmarks/train_refiner.py " + " ".join(sys.argv[1:])
+    t0 = time.perf_counter()
+    res = train(args.out, config=cfg, model_config=UNetConfig(), ranges=SimulationRanges(),
+                threads=args.threads, command=command, progress=True)
+    wall = time.perf_counter() - t0
+    print(json.dumps({"command": command, "wall_seconds": round(wall, 1), "pool_seconds": round(res.pool_seconds, 1),
+                      "train_seconds": round(res.seconds, 1), "steps": res.steps, "best": res.best}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Fine-tuning a refiner to one microscope from one of its raw volumes."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..background import estimate_background, estimate_noise
+from ..detect import detect_beads
+from ..pipeline import Pipeline
+from ..psf_estimation import estimate_psf
+from .data import SimulationRanges
+
+__all__ = ["measure_microscope", "adapt_refiner"]
+
+log = logging.getLogger(__name__)
+
+
+def measure_microscope(volume: np.ndarray, spacing, *, psf=None) -> dict:
+    """PSF, ambient light, offset, noise, bead density and brightness of a raw bead volume.
+
+    Returns a dict with ``psf`` (array), ``offset`` (counts), ``ambient_level``
+    and ``ambient_strength`` (glow above the offset), ``read_noise`` (counts,
+    from the noise not explained by shot noise), ``density`` (beads per
+    cubic micrometre) and ``flux`` (median, photons) with ``flux_spread``.
+    """
+    bg = estimate_background(volume, spacing)
+    clean = np.clip(volume - bg, 0, None)
+    if psf is None:
+        psf = estimate_psf(clean, spacing)
+    low = float(np.percentile(bg, 1))
+    # the darkest background is mostly camera offset; the rest is glow
+    noise = estimate_noise(volume)
+    glow_mean = float(bg.mean())
+    # shot noise variance = glow (photons) ; total variance = glow + read^2 (offset unknown):
+    # solve with the darkest plane's statistics: var = (level - offset) + read^2
+    beads = detect_beads(clean, spacing, snr=6.0)
+    vol_um3 = float(np.prod(np.asarray(volume.shape) * np.asarray(spacing)))
+    flux = beads["intensity"][np.isfinite(beads["intensity"]) & (beads["intensity"] > 0)]
+    median_flux = float(np.median(flux)) if flux.size else 3000.0
+    spread = float(np.std(np.log(flux))) if flux.size > 3 else 0.4
+    # split the background into offset and glow using the noise: var = glow + read^2
+    read2 = max(noise ** 2 - max(glow_mean - low, 0.0), 1.0)
+    offset = max(glow_mean - max(noise ** 2 - read2, 0.0), 0.0)
+    glow = max(glow_mean - offset, 0.0)
+    strength = float(np.clip(bg.std() / max(glow, 1e-6), 0.0, 1.0)) if glow > 0 else 0.0
+    return {"psf": np.asarray(psf, np.float32), "offset": offset, "ambient_level": glow,
+            "ambient_strength": strength, "read_noise": float(np.sqrt(read2)),
+            "density": max(len(beads) / vol_um3, 1e-4), "flux": median_flux,
+            "flux_spread": float(np.clip(spread, 0.05, 1.0))}
+
+
+def adapt_refiner(refiner, volume, spacing, *, minutes, steps, pool, out, seed, psf, device, progress):
+    """Measure the microscope, simulate pairs with it, fine-tune; returns the new checkpoint path."""
+    from .train import TrainConfig, train
+    model, meta = refiner._loaded()
+    stats = measure_microscope(volume, spacing, psf=psf)
+    log.info("adapting to: offset %.1f, glow %.1f, read noise %.2f, density %.4f /um3, flux %.0f",
+             stats["offset"], stats["ambient_level"], stats["read_noise"], stats["density"], stats["flux"])
+    dz, dy, dx = spacing
+    Z, Y, X = volume.shape
+    shape = (Z, min(Y, 128), min(X, 128))
+
+    def around(v, rel=0.3):
+        return (v * (1 - rel), v * (1 + rel))
+
+    ranges = SimulationRanges(
+        shape=shape, dz=(dz, dz), dxy=(dy, dy), psf=stats["psf"],
+        density=around(stats["density"]), flux=around(stats["flux"]),
+        flux_spread=(stats["flux_spread"], stats["flux_spread"]),
+        ambient_level=around(max(stats["ambient_level"], 0.1)),
+        ambient_strength=(0.0, min(1.0, 2 * stats["ambient_strength"] + 0.1)),
+        offset=(stats["offset"], stats["offset"]), read_noise=around(stats["read_noise"]))
+    prefix = Pipeline.from_dict(meta["prefix"])
+    base = meta["training"]["config"]
+    cfg = TrainConfig(steps=steps or 100_000, batch=base.get("batch", 4), patch=tuple(base.get("patch", (32, 64, 64))),
+                      lr=base.get("lr", 1e-3) * 0.3, warmup=10, pool=pool, validation=3,
+                      epoch_steps=25, patience=10 ** 6, loss=meta["loss"]["name"],
+                      loss_params=meta["loss"]["params"], seed=seed, time_limit=60.0 * minutes)
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix="restore3d-adapted-")) / "adapted"
+        log.info("adapted refiner written to %s (pass out= to keep it elsewhere)", out)
+    from .checkpoint import normalizer_of
+    result = train(out, config=cfg, normalizer=normalizer_of(meta), ranges=ranges, prefix=prefix,
+                   init=refiner._path(), device=device, progress=progress,
+                   command=f"Refiner.adapt(minutes={minutes}, steps={steps}, pool={pool}, seed={seed})")
+    # widen the recorded spacing range to the user's own spacing
+    return result.checkpoint

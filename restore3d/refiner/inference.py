@@ -1,0 +1,112 @@
+"""Tiled, resampling-aware inference of a refiner network."""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .normalize import Normalizer
+from .tiling import blend_weight, pad_to_multiple, tiles
+
+__all__ = ["predict", "resample_spacing"]
+
+log = logging.getLogger(__name__)
+
+
+def resample_spacing(spacing, spacing_range):
+    """The spacing inside the training range closest to ``spacing`` (per axis), or ``spacing`` itself."""
+    if not spacing_range:
+        return tuple(spacing)
+    lo = [spacing_range["dz"][0], spacing_range["dxy"][0], spacing_range["dxy"][0]]
+    hi = [spacing_range["dz"][1], spacing_range["dxy"][1], spacing_range["dxy"][1]]
+    return tuple(float(np.clip(s, a, b)) for s, a, b in zip(spacing, lo, hi))
+
+
+def _network_pass(model, vol, *, device, tile_shape, ramp, progress, precision="fp32"):
+    import torch
+    from tqdm.auto import tqdm
+
+    from .precision import autocast
+    cfg = model.config
+    mult = cfg.multiple
+    pad = pad_to_multiple(vol.shape, mult)
+    padded = np.pad(vol, pad, mode="reflect") if any(p[1] for p in pad) else vol
+    halo = cfg.receptive_halo()
+    tile_shape = tuple(min(int(t), n) if t else n for t, n in zip(tile_shape, padded.shape))
+    tile_shape = tuple(n if t >= n else max(m, t // m * m) for t, n, m in zip(tile_shape, padded.shape, mult))
+    overlap = tuple(2 * h + ramp for h in halo)
+    all_tiles = tiles(padded.shape, tile_shape, overlap, mult)
+    out = np.zeros(padded.shape, np.float32)
+    weight = np.zeros(padded.shape, np.float32) if len(all_tiles) > 1 else None
+    channels_last = device.type == "cpu"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    with torch.no_grad(), autocast(precision, device):
+        for t in tqdm(all_tiles, desc="refiner tiles", disable=not progress or len(all_tiles) == 1, leave=False):
+            x = torch.from_numpy(np.ascontiguousarray(padded[t]))[None, None].to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            y = model(x)[0, 0].float().cpu().numpy()
+            if weight is None:
+                out = y
+            else:
+                w = blend_weight(t, padded.shape, halo, ramp)
+                out[t] += y * w
+                weight[t] += w
+    if weight is not None:
+        out = out / np.maximum(weight, 1e-12)
+    return out[tuple(slice(0, n) for n in vol.shape)]
+
+
+def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: Normalizer,
+            spacing_range: dict | None = None, device=None, tile_shape=(0, 128, 128),
+            max_voxels: int = 8_000_000, ramp: int = 8, progress: bool = False,
+            stats: tuple | None = None, precision: str = "fp32") -> np.ndarray:
+    """Run a refiner network on a (z, y, x) volume.
+
+    The volume is normalised once (never per tile), resampled to the nearest
+    spacing of the training range when outside it (and the result back, flux
+    kept), and processed whole when it has at most ``max_voxels`` voxels,
+    else in overlapping tiles of ``tile_shape`` (0 = the whole axis) blended
+    with smooth windows that ignore each tile's padded margins, so the
+    result equals the whole-volume prediction. ``stats`` = ``(offset,
+    scale)`` fixes the normalisation (chunks of a large volume).
+    ``precision`` ("fp32", "bf16" or "auto") sets the autocast precision.
+
+    Returns
+    -------
+    (Z, Y, X) float32 ndarray, non-negative.
+    """
+    import torch
+    dev = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    vol = np.asarray(volume, np.float32)
+    target_spacing = resample_spacing(spacing, spacing_range)
+    zoom = np.asarray(spacing, float) / np.asarray(target_spacing, float)
+    resample = bool(np.any(np.abs(zoom - 1) > 1e-3))
+    if resample:
+        log.info("refiner: resampling from spacing %s to %s (training range)", tuple(spacing), target_spacing)
+        work = ndimage.zoom(vol, zoom, order=1, mode="nearest", grid_mode=True)
+    else:
+        work = vol
+    off, scale = normalizer.stats(work) if stats is None else stats
+    norm = (work - off) / np.float32(scale)
+    if work.size <= max_voxels:
+        tile_shape = (0, 0, 0)
+    model = model.to(dev).eval()
+    from .precision import resolve_precision
+    out = _network_pass(model, norm.astype(np.float32), device=dev, tile_shape=tile_shape, ramp=ramp,
+                        progress=progress, precision=resolve_precision(precision, dev)) * np.float32(scale)
+    if resample:
+        back = ndimage.zoom(out, np.asarray(vol.shape) / np.asarray(out.shape), order=1, mode="nearest",
+                            grid_mode=True)
+        back = back[: vol.shape[0], : vol.shape[1], : vol.shape[2]]
+        if back.shape != vol.shape:
+            back = np.pad(back, [(0, n - s) for n, s in zip(vol.shape, back.shape)], mode="edge")
+        # the flux the network gave on the resampled grid, relative to what it got, is kept
+        gain = float(out.sum()) / max(float(work.sum()), 1e-30)
+        total = gain * float(vol.sum())
+        out = back * (total / max(float(back.sum()), 1e-30)) if total > 0 else back
+    return np.clip(out, 0, None).astype(np.float32)

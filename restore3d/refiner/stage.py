@@ -1,0 +1,179 @@
+"""The refiner as a pipeline stage: shipped weights, any checkpoint, adaptation to one microscope."""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .._checks import as_spacing, as_volume
+from ..pipeline import RunContext, Stage
+
+__all__ = ["Refiner", "PRETRAINED"]
+
+log = logging.getLogger(__name__)
+
+PRETRAINED = Path(__file__).with_name("weights") / "default.json"
+
+
+class Refiner(Stage):
+    """A 3D U-Net that turns the classical stages' output into round beads on black.
+
+    Parameters
+    ----------
+    weights : "pretrained" or path
+        The shipped weights (trained by ``benchmarks/train_refiner.py``, see
+        benchmarks/RESULTS.md) or a checkpoint written by
+        :func:`restore3d.refiner.train` (its ``.json`` or ``.pt``).
+    device : str, optional
+        ``"cpu"`` or ``"cuda"``; default the run's device.
+    tile_shape : (Z, Y, X) ints
+        Tile size for volumes above ``max_voxels`` (0 = the whole axis).
+    max_voxels : int
+        Larger volumes are processed in tiles (bounded memory).
+    precision : {"auto", "fp32", "bf16"}
+        Inference precision; "auto" uses bfloat16 where the CPU (AMX,
+        AVX512-BF16) or GPU computes it natively, float32 elsewhere.
+    intensity : (offset, scale), optional
+        Fixed normalisation instead of the one measured on each volume
+        (set by :meth:`freeze` so chunks of a large volume share it).
+
+    Notes
+    -----
+    The network expects what its training pipeline fed it (recorded in
+    the checkpoint's ``prefix``); a different sequence of preceding stages is
+    reported with a warning. Volumes whose spacing lies outside the
+    training range are resampled into it and back.
+    """
+
+    default_name = "refiner"
+
+    def __init__(self, weights: str = "pretrained", *, device: str | None = None,
+                 tile_shape=(0, 128, 128), max_voxels: int = 8_000_000, intensity=None,
+                 precision: str = "auto"):
+        self.weights = weights
+        self.precision = precision
+        self.device = device
+        self.tile_shape = tile_shape
+        self.max_voxels = max_voxels
+        self.intensity = intensity
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def pretrained(cls, **kwargs) -> "Refiner":
+        """The refiner whose weights ship inside the package."""
+        return cls("pretrained", **kwargs)
+
+    @classmethod
+    def load(cls, path, **kwargs) -> "Refiner":
+        """A refiner from a checkpoint file (``.json`` or ``.pt``); checked on first use."""
+        path = Path(path)
+        from .checkpoint import read_meta
+        read_meta(path)  # fail early on a wrong file
+        return cls(str(path), **kwargs)
+
+    # ------------------------------------------------------------------ model
+    def _path(self) -> Path:
+        return PRETRAINED if self.weights == "pretrained" else Path(self.weights)
+
+    def _loaded(self):
+        key = (str(self._path()),)
+        cache = getattr(self, "_cache", None)
+        if cache is None or cache[0] != key:
+            from .checkpoint import load_checkpoint
+            path = self._path()
+            if self.weights == "pretrained" and not path.exists():
+                raise ValueError(f"the shipped refiner weights are missing from the package ({path}); "
+                                 "reinstall restore3d or pass Refiner.load(PATH)")
+            model, meta = load_checkpoint(path)
+            self._cache = (key, model, meta)
+        return self._cache[1], self._cache[2]
+
+    @property
+    def meta(self) -> dict:
+        """The checkpoint's JSON description."""
+        return self._loaded()[1]
+
+    def halo(self, spacing, psf) -> tuple[int, int, int]:
+        model, _ = self._loaded()
+        return model.config.receptive_halo()
+
+    def alignment(self, spacing) -> tuple[int, int, int]:
+        model, _ = self._loaded()
+        return model.config.multiple
+
+    # ------------------------------------------------------------------ running
+    def restore(self, volume: np.ndarray, spacing, *, device=None, progress: bool = False) -> np.ndarray:
+        """Apply the network to a volume that already went through the preceding stages."""
+        from .checkpoint import normalizer_of
+        from .inference import predict
+        model, meta = self._loaded()
+        return predict(model, as_volume(volume), as_spacing(spacing), normalizer=normalizer_of(meta),
+                       spacing_range=meta.get("spacing_range"), device=device or self.device,
+                       tile_shape=self.tile_shape, max_voxels=self.max_voxels, progress=progress,
+                       stats=None if self.intensity is None else tuple(self.intensity),
+                       precision=self.precision)
+
+    def freeze(self, sample, ctx):
+        """Measure the intensity normalisation once on the sample, for all chunks."""
+        from .checkpoint import normalizer_of
+        _, meta = self._loaded()
+        stats = normalizer_of(meta).stats(sample)
+        return Refiner(self.weights, device=self.device, tile_shape=self.tile_shape,
+                       max_voxels=self.max_voxels, intensity=[float(stats[0]), float(stats[1])],
+                       precision=self.precision)
+
+    def __call__(self, volume, ctx: RunContext):
+        _, meta = self._loaded()
+        expected = [s["stage"] for s in meta.get("prefix", {}).get("steps", []) if s["stage"] != "passthrough"]
+        ran = ctx.info.get("history", [])
+        if expected != ran:
+            ctx.logger.warning("the refiner was trained after the stages %s but this run had %s before it; "
+                               "its output may not be reliable", expected or "none", ran or "none")
+        t0 = time.perf_counter()
+        out = self.restore(volume, ctx.spacing, device=self.device or ctx.device, progress=ctx.progress)
+        ctx.info["refiner"] = {"weights": str(self._path()), "sha256": meta.get("sha256"),
+                               "seconds": time.perf_counter() - t0}
+        return out
+
+    # ------------------------------------------------------------------ adaptation
+    def adapt(self, volume, spacing, *, minutes: float = 3.0, steps: int | None = None, pool: int = 24,
+              out=None, seed: int = 0, psf=None, device=None, progress: bool = False) -> "Refiner":
+        """Fine-tune this refiner to the microscope that recorded ``volume``.
+
+        The PSF (estimated from the volume's beads unless given), the ambient
+        light level and spread, the camera offset, the read noise, the bead
+        density and the flux distribution are measured on the user's raw
+        volume; training volumes are simulated with exactly those, passed
+        through this refiner's own preceding stages, and the network is
+        fine-tuned for at most ``minutes`` (or ``steps``).
+
+        Parameters
+        ----------
+        volume : (Z, Y, X) ndarray
+            A raw volume from the microscope.
+        spacing : (dz, dy, dx) floats, micrometres
+        minutes : float
+            Time budget of the fine-tuning (simulation excluded).
+        steps : int, optional
+            Step budget (default: as many as fit in ``minutes``).
+        pool : int
+            Number of simulated volumes.
+        out : path, optional
+            Where to write the adapted checkpoint (default a temporary folder).
+        seed : int
+        psf : ndarray, optional
+            The PSF, when known, instead of estimating it.
+
+        Returns
+        -------
+        Refiner
+            A new stage using the adapted weights.
+        """
+        from .adapt import adapt_refiner
+        path = adapt_refiner(self, as_volume(volume), as_spacing(spacing), minutes=minutes, steps=steps,
+                             pool=pool, out=out, seed=seed, psf=psf, device=device, progress=progress)
+        return Refiner(str(path), device=self.device, tile_shape=self.tile_shape, max_voxels=self.max_voxels,
+                       precision=self.precision)

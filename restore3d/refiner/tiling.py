@@ -1,0 +1,72 @@
+"""Tiling geometry for inference on volumes of any size (pure index arithmetic).
+
+Tiles overlap; each tile's output is weighted by a window that is zero in a
+margin of ``halo`` voxels at its inner borders (where the network saw
+padding instead of data) and rises smoothly to one beyond it, then the
+weighted outputs are summed and divided by the summed weights. Tile origins
+are multiples of the network's pooling factors, so every tile sees the same
+pooling grid as the whole volume and the blend equals whole-volume inference.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["tile_starts", "tiles", "blend_weight", "pad_to_multiple"]
+
+
+def pad_to_multiple(shape, multiple):
+    """Padding ``[(0, extra), ...]`` making every size a multiple of ``multiple`` (at the end)."""
+    return [(0, (-n) % m) for n, m in zip(shape, multiple)]
+
+
+def tile_starts(n: int, tile: int, overlap: int, multiple: int = 1) -> list[int]:
+    """Start indices of tiles of length ``tile`` covering ``range(n)`` with at least ``overlap`` overlap.
+
+    Starts are multiples of ``multiple``; the last tile may be shorter than
+    ``tile`` when ``n`` is not a multiple (it is padded by the caller).
+    """
+    if tile >= n:
+        return [0]
+    if tile % multiple:
+        raise ValueError(f"tile size {tile} must be a multiple of {multiple}")
+    step = max(multiple, (tile - overlap) // multiple * multiple)
+    starts = list(range(0, max(n - tile, 0) + 1, step))
+    last = (max(n - tile, 0) + multiple - 1) // multiple * multiple
+    if starts[-1] < n - tile:
+        starts.append(min(last, starts[-1] + step))
+    return sorted(set(starts))
+
+
+def tiles(shape, tile_shape, overlap, multiple=(1, 1, 1)):
+    """Slices of all tiles (product of the per-axis starts)."""
+    per_axis = []
+    for n, t, o, m in zip(shape, tile_shape, overlap, multiple):
+        starts = tile_starts(n, min(t, n) if t < n else n, o, m) if t < n else [0]
+        per_axis.append([slice(s, min(s + t, n)) for s in starts])
+    return [(a, b, c) for a in per_axis[0] for b in per_axis[1] for c in per_axis[2]]
+
+
+def blend_weight(tile_slices, shape, halo, ramp=None):
+    """Window of one tile along each axis: 0 within ``halo`` of an inner border, a raised-cosine ramp over the next ``ramp`` voxels, 1 inside.
+
+    Borders that coincide with the volume's border are not inner borders.
+    With tiles overlapping by ``2 * halo + ramp``, neighbouring ramps are
+    complementary and every voxel gets a positive total weight.
+    """
+    profiles = []
+    ramps = halo if ramp is None else ramp
+    for sl, n, h, r in zip(tile_slices, shape, halo, ramps if np.ndim(ramps) else [ramps] * 3):
+        length = sl.stop - sl.start
+        w = np.ones(length)
+        rising = 0.5 - 0.5 * np.cos(np.pi * (np.arange(r) + 0.5) / r) if r > 0 else np.zeros(0)
+        if sl.start > 0:
+            w[:h] = 0.0
+            seg = slice(h, min(h + r, length))
+            w[seg] = np.minimum(w[seg], rising[: seg.stop - seg.start])
+        if sl.stop < n:
+            w[max(0, length - h):] = 0.0
+            seg = slice(max(0, length - h - r), max(0, length - h))
+            falling = rising[::-1][r - (seg.stop - seg.start):]
+            w[seg] = np.minimum(w[seg], falling)
+        profiles.append(w)
+    return (profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]).astype(np.float32)

@@ -1,0 +1,294 @@
+"""Training loop of the refiner: simulated pairs, AdamW, cosine schedule, early stopping, resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics
+from ..pipeline import Pipeline
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import Pair, SimulationRanges, default_prefix, make_pairs, random_patch
+from .losses import make_loss
+from .model import UNetConfig, build_model
+from .normalize import Normalizer
+from .precision import autocast, resolve_precision
+
+__all__ = ["TrainConfig", "train", "TrainResult"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe.
+
+    Attributes
+    ----------
+    steps : int
+        Optimiser steps at most.
+    batch : int
+        Patches per step.
+    patch : (Z, Y, X)
+        Patch shape (the full 32-plane depth by default).
+    lr, weight_decay : float
+        AdamW settings; the learning rate follows a cosine from ``lr`` to
+        ``lr / 100`` after a linear warm-up of ``warmup`` steps.
+    warmup : int
+    pool : int
+        Simulated training volumes generated up front and cropped randomly
+        (simulation and the classical stages cost about a second per volume).
+    validation : int
+        Fixed validation volumes, from seeds the training never sees.
+    epoch_steps : int
+        Steps between validations, checkpoints and log lines.
+    patience : int
+        Stop after this many epochs without a better validation loss.
+    loss : str
+        ``"imbalanced"``, ``"l1"``, ``"mse"`` or ``"combined"``.
+    loss_params : dict
+        E.g. ``{"weight": 100, "tau": 0.1}``.
+    seed : int
+    time_limit : float or None
+        Stop after this many seconds of training (pool generation excluded).
+    precision : {"auto", "fp32", "bf16"}
+        Autocast precision (:func:`restore3d.refiner.precision.resolve_precision`).
+    """
+
+    steps: int = 1500
+    batch: int = 4
+    patch: tuple = (32, 64, 64)
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup: int = 50
+    pool: int = 160
+    validation: int = 6
+    epoch_steps: int = 100
+    patience: int = 4
+    loss: str = "imbalanced"
+    loss_params: dict = dataclasses.field(default_factory=lambda: {"weight": 10.0, "tau": 0.1})
+    seed: int = 0
+    time_limit: float | None = None
+    precision: str = "auto"
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["patch"] = list(self.patch)
+        return d
+
+
+@dataclasses.dataclass
+class TrainResult:
+    checkpoint: Path
+    steps: int
+    seconds: float
+    pool_seconds: float
+    best: dict
+    log: list
+
+
+_VAL_SEED = 10 ** 9  # validation seeds live far from the training seeds
+
+
+def _lr_at(step, cfg):
+    if step < cfg.warmup:
+        return float(cfg.lr * (step + 1) / cfg.warmup)
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return float(cfg.lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * min(t, 1.0)))))
+
+
+def _validate(model, pairs: list[Pair], loss_fn, device, precision="fp32"):
+    import torch
+    model.eval()
+    losses, nrmses, elongs, stds = [], [], [], []
+    with torch.no_grad(), autocast(precision, device):
+        for p in pairs:
+            x = torch.from_numpy(p.input)[None, None].to(device)
+            y = torch.from_numpy(p.target)[None, None].to(device)
+            pad = [(0, (-n) % m) for n, m in zip(p.input.shape, model.config.multiple)]
+            if any(q[1] for q in pad):
+                x = torch.nn.functional.pad(x, [v for q in reversed(pad) for v in q], mode="replicate")
+            pred = model(x)[..., : p.input.shape[0], : p.input.shape[1], : p.input.shape[2]].float()
+            losses.append(float(loss_fn(pred, y)))
+            out = pred[0, 0].cpu().numpy()
+            stds.append(float(out.std()))
+            nrmses.append(metrics.nrmse(out, p.target))
+            elongs.append(metrics.elongation(out * p.scale, p.spacing, truth=p.truth))
+    model.train()
+    finite = [e for e in elongs if np.isfinite(e)]
+    return {"val_loss": float(np.mean(losses)), "val_nrmse": float(np.mean(nrmses)),
+            "val_elongation": float(np.median(finite)) if finite else float("nan"),
+            "val_output_std": float(np.min(stds))}
+
+
+def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig = UNetConfig(),
+          normalizer: Normalizer | None = None, ranges: SimulationRanges = SimulationRanges(),
+          prefix: Pipeline | None = None, init=None, resume: bool = False, device=None,
+          threads: int | None = None, progress: bool = True, command: str | None = None,
+          pairs: list[Pair] | None = None) -> TrainResult:
+    """Train (or fine-tune) a refiner and write its checkpoint ``out.pt`` / ``out.json``.
+
+    Parameters
+    ----------
+    out : path
+        Checkpoint path stem; also ``out.log.jsonl`` (one line per epoch)
+        and ``out.state.pt`` (optimiser state to resume).
+    config : TrainConfig
+    model_config : UNetConfig
+        Ignored when ``init`` is given (its architecture is kept).
+    normalizer : Normalizer, optional
+        Default: peaks scaling, zero offset after classical stages and
+        median offset for raw input (no prefix).
+    ranges : SimulationRanges
+    prefix : Pipeline, optional
+        The stages before the refiner (default
+        :func:`restore3d.refiner.data.default_prefix`); an empty
+        ``Pipeline([])`` trains on raw volumes (the original approach).
+    init : path, optional
+        Checkpoint to start from (fine-tuning).
+    resume : bool
+        Continue from ``out.state.pt``.
+    device : str, optional
+    threads : int, optional
+        CPU threads for torch.
+    progress : bool
+    command : str, optional
+        The command line that launched training, recorded in the JSON.
+    pairs : list of Pair, optional
+        Pre-made training pairs (skips generating the pool).
+
+    Returns
+    -------
+    TrainResult
+    """
+    import torch
+    out = Path(out)
+    if threads:
+        torch.set_num_threads(int(threads))
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    prefix = default_prefix() if prefix is None else prefix
+    if normalizer is None:
+        normalizer = Normalizer(offset="zero" if len(prefix) else "median")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    t0 = time.perf_counter()
+    if pairs is None:
+        pairs = make_pairs(config.pool, ranges, prefix, normalizer, seed=config.seed * 100_000,
+                           progress=progress, desc="training volumes")
+    val_pairs = make_pairs(config.validation, ranges, prefix, normalizer, seed=_VAL_SEED + config.seed,
+                           progress=progress, desc="validation volumes")
+    pool_seconds = time.perf_counter() - t0
+
+    if init is not None:
+        model, init_meta = load_checkpoint(init, device="cpu")
+        model_config = model.config
+    else:
+        model = build_model(model_config)
+        init_meta = None
+    model = model.to(dev).train()
+    precision = resolve_precision(config.precision, dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = make_loss(config.loss, **config.loss_params)
+    state_path = out.with_suffix(".state.pt")
+    log_path = out.with_suffix(".log.jsonl")
+    start_step, best, history, train_seconds = 0, None, [], 0.0
+    if resume and state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        start_step = int(st["step"])
+        best = json.loads(st["best"]) if st["best"] else None
+        history = json.loads(st["history"])
+        train_seconds = float(st["seconds"])
+        torch.set_rng_state(st["torch_rng"])
+        rng.bit_generator.state = json.loads(st["numpy_rng"])
+        log.info("resuming from step %d", start_step)
+    meta = {
+        "normalization": normalizer.to_dict(),
+        "prefix": prefix.to_dict(),
+        "spacing_range": {"dz": list(ranges.dz), "dxy": list(ranges.dxy)},
+        "simulation_ranges": ranges.to_dict(),
+        "loss": {"name": config.loss, "params": dict(config.loss_params)},
+        "training": {"config": config.to_dict(), "command": command, "device": dev.type,
+                     "precision": precision,
+                     "threads": torch.get_num_threads(), "init": None if init is None else str(init),
+                     "init_sha256": None if init_meta is None else init_meta.get("sha256")},
+    }
+    from tqdm.auto import tqdm
+    bar = tqdm(total=config.steps, initial=start_step, desc="training", disable=not progress)
+    stale = 0 if best is None else best.get("stale", 0)
+    step = start_step
+    t_start = time.perf_counter() - train_seconds
+    running = []
+    ckpt = None
+    while step < config.steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, config)
+        xs, ys = zip(*(random_patch(pairs[int(rng.integers(len(pairs)))], config.patch, rng)
+                       for _ in range(config.batch)))
+        x = torch.from_numpy(np.stack(xs))[:, None].to(dev)
+        y = torch.from_numpy(np.stack(ys))[:, None].to(dev)
+        with autocast(precision, dev):
+            pred = model(x)
+        loss = loss_fn(pred.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running.append(float(loss.detach()))
+        step += 1
+        bar.update(1)
+        elapsed = time.perf_counter() - t_start
+        end = step >= config.steps or (config.time_limit is not None and elapsed >= config.time_limit)
+        if step % config.epoch_steps == 0 or end:
+            val = _validate(model, val_pairs, loss_fn, dev, precision)
+            row = {"step": step, "seconds": round(elapsed, 1), "train_loss": float(np.mean(running)),
+                   "lr": _lr_at(step - 1, config), **val}
+            running = []
+            if val["val_output_std"] < 1e-6:
+                log.warning("refiner output is constant at step %d: training collapsed", step)
+            history.append(row)
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            bar.set_postfix(loss=f"{row['train_loss']:.4g}", val=f"{val['val_loss']:.4g}",
+                            elong=f"{val['val_elongation']:.2f}")
+            improved = best is None or val["val_loss"] < best["val_loss"]
+            if improved:
+                best = dict(row)
+                stale = 0
+                meta["training"].update(steps=step, seconds=round(elapsed, 1),
+                                        pool_seconds=round(pool_seconds, 1), best=best)
+                ckpt = save_checkpoint(out, model, meta)
+            else:
+                stale += 1
+            best["stale"] = stale
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                        "best": json.dumps(best), "history": json.dumps(history), "seconds": elapsed,
+                        "torch_rng": torch.get_rng_state(),
+                        "numpy_rng": json.dumps(rng.bit_generator.state)}, state_path)
+            if stale >= config.patience:
+                log.info("early stopping at step %d", step)
+                break
+            if end:
+                break
+    bar.close()
+    seconds = time.perf_counter() - t_start
+    if ckpt is None:
+        ckpt = out.with_suffix(".json")
+    # record the final totals next to the best checkpoint
+    m = json.loads(ckpt.read_text())
+    m["training"]["total_steps"] = step
+    m["training"]["total_seconds"] = round(seconds, 1)
+    m["training"]["history"] = history
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    tmp.write_text(json.dumps(m, indent=2))
+    os.replace(tmp, ckpt)
+    return TrainResult(checkpoint=ckpt, steps=step, seconds=seconds, pool_seconds=pool_seconds,
+                       best=best or {}, log=history)
