@@ -279,7 +279,10 @@ def elongation(volume, spacing, *, positions=None, truth=None,
     iso = isolated(pos, spacing=spacing, radius_um=isolation_um,
                    others=None if truth is None else truth)
     widths = bead_widths(vol, spacing, pos[iso], window_um=window_um)
-    ratio = widths[:, 0] / np.nanmean(widths[:, 1:], axis=1) if len(widths) else np.zeros(0)
+    lateral = widths[:, 1:]
+    n_lat = np.isfinite(lateral).sum(axis=1)
+    lat_mean = np.where(n_lat > 0, np.nansum(lateral, axis=1) / np.maximum(n_lat, 1), np.nan)
+    ratio = widths[:, 0] / lat_mean if len(widths) else np.zeros(0)
     ratio = ratio[np.isfinite(ratio)]
     value = float(np.median(ratio)) if ratio.size else float("nan")
     return (value, widths) if return_widths else value
@@ -380,11 +383,12 @@ def ssim(pred, target, *, scale_invariant: bool = False) -> float:
 
 
 def evaluate(volume, *, target, truth, spacing, tolerance_um=DEFAULT_TOLERANCE_UM,
-             detect_snr: float = 3.0) -> dict:
+             detect_threshold: float = 0.0) -> dict:
     """All metrics of one restored volume against a simulation's target and truth.
 
     Detection uses :func:`restore3d.detect.detect_beads` on ``volume`` with a
-    low threshold (``detect_snr``) so the AP sees the whole ranking; F1,
+    low threshold (``detect_threshold``, default every local maximum) so the
+    AP sees the whole ranking; F1,
     precision, recall and RMSEs are taken at the best-F1 point of that
     ranking (see :func:`detection_scores`).
 
@@ -397,7 +401,7 @@ def evaluate(volume, *, target, truth, spacing, tolerance_um=DEFAULT_TOLERANCE_U
     """
     vol = as_volume(volume)
     spacing = as_spacing(spacing)
-    det = detect_beads(vol, spacing, snr=detect_snr, measure=False)
+    det = detect_beads(vol, spacing, threshold=detect_threshold, measure=False)
     scores = detection_scores(det, truth, spacing=spacing, tolerance_um=tolerance_um)
     out = {
         "elongation": elongation(vol, spacing, truth=truth),
