@@ -16,7 +16,7 @@ from .pipeline import RunContext, Stage
 from .psf import crop_psf, fwhm, make_psf
 from .psf_estimation import estimate_psf
 
-__all__ = ["SubtractBackground", "EstimatePSF", "RichardsonLucy", "BlindDeconvolution"]
+__all__ = ["SubtractBackground", "EstimatePSF", "RichardsonLucy", "BlindDeconvolution", "FitBeads"]
 
 
 def _defaults(func):
@@ -84,6 +84,39 @@ class SubtractBackground(Stage):
             opts["percentile"] = self.percentile
         return opts
 
+    # --- chunked processing (restore3d.chunked)
+    def freeze(self, sample, ctx):
+        """Fix the global statistics (noise level, constant offset) measured on ``sample``."""
+        opts = self._options()
+        if self.method == "wavelet" and "noise" not in opts:
+            opts["noise"] = _bg.estimate_noise(sample)
+        if self.method == "percentile" and "level" not in opts:
+            opts["level"] = float(np.percentile(sample, opts.pop("percentile", 50.0)))
+        return SubtractBackground(self.method, clip=self.clip, options=opts)
+
+    def alignment(self, spacing):
+        """Wavelet blocks of ``2**level`` voxels: chunks must start on that grid."""
+        if self.method != "wavelet":
+            return (1, 1, 1)
+        import pywt
+        opts = self._options()
+        scale = _bg._scale_um(opts.get("scale"), spacing)
+        levels = _bg._levels((1 << 20,) * 3, spacing, scale, pywt.Wavelet(opts.get("wavelet", "db1")).dec_len)
+        if opts.get("axial", "planewise") == "planewise":
+            levels[0] = 0
+        return tuple(2 ** int(lv) for lv in levels)
+
+    def halo(self, spacing, psf):
+        if self.method == "percentile":
+            return (0, 0, 0)
+        opts = self._options()
+        scale = np.asarray(_bg._scale_um(opts.get("scale", opts.get("radius")), spacing)) / np.asarray(spacing)
+        # wavelet: blocks of up to 2 * scale voxels plus Gaussian smoothing of half that
+        halo = np.ceil(2.5 * scale).astype(int)
+        if self.method == "wavelet" and opts.get("axial", "planewise") == "planewise":
+            halo[0] = 0
+        return tuple(int(h) for h in halo)
+
     def __call__(self, volume: np.ndarray, ctx: RunContext) -> np.ndarray:
         bg = _bg.estimate_background(volume, ctx.spacing, method=self.method, **self._options())
         out = volume - bg
@@ -128,6 +161,11 @@ class EstimatePSF(Stage):
         self.fallback = fallback
         self.keep_given = keep_given
 
+    def freeze(self, sample, ctx):
+        """Estimate the PSF once, on the sample; chunks then only use it."""
+        self(sample, ctx)
+        return "passthrough"
+
     def __call__(self, volume, ctx: RunContext):
         if ctx.psf is not None and self.keep_given:
             ctx.logger.info("EstimatePSF: keeping the PSF given to the run")
@@ -149,7 +187,6 @@ class EstimatePSF(Stage):
         ctx.info["psf"] = {"source": "estimated", "n_beads": est.n_beads,
                            "n_candidates": est.n_candidates, "rejected": est.rejected,
                            "fwhm_um": est.fwhm_um.tolist(), "model_fit": est.model_fit}
-        ctx.logger.info("%s", est.summary())
         return volume
 
 
@@ -166,7 +203,7 @@ class RichardsonLucy(Stage):
     def __init__(self, iterations: int = _RL["iterations"], *, acceleration: str = _RL["acceleration"],
                  boundary: str = _RL["boundary"], tv: float = _RL["tv"],
                  stop_tol: float | None = _RL["stop_tol"], backprojector: str = _RL["backprojector"],
-                 background: float = _RL["background"], psf=None):
+                 background: float = _RL["background"], psf=None, init=_RL["init"], alphas=None):
         self.iterations = iterations
         self.acceleration = acceleration
         self.boundary = boundary
@@ -175,6 +212,8 @@ class RichardsonLucy(Stage):
         self.backprojector = backprojector
         self.background = background
         self.psf = psf
+        self.init = init
+        self.alphas = alphas
 
     def __call__(self, volume, ctx: RunContext):
         psf = _stage_psf(self, ctx, volume)
@@ -182,10 +221,26 @@ class RichardsonLucy(Stage):
                                     boundary=self.boundary, tv=self.tv, stop_tol=self.stop_tol,
                                     backprojector=self.backprojector, background=self.background,
                                     spacing=ctx.spacing, device=ctx.device, progress=ctx.progress,
-                                    return_info=True)
+                                    return_info=True, init=self.init, alphas=self.alphas)
         ctx.info["rl"] = {"iterations": info.iterations, "converged": info.converged,
-                          "seconds": info.seconds}
+                          "seconds": info.seconds, "alphas": info.alphas, "init_level": info.init_level}
         return out
+
+    def freeze(self, sample, ctx):
+        """Record the initial level and the extrapolation weights on the sample; chunks replay them.
+
+        Unconverged RL depends on its start, and Biggs-Andrews weights are
+        global dot products: fixed, every chunk runs the same local operator.
+        """
+        psf = _stage_psf(self, ctx, sample)
+        _, info = richardson_lucy(sample, psf, iterations=self.iterations, acceleration=self.acceleration,
+                                  boundary=self.boundary, tv=self.tv, backprojector=self.backprojector,
+                                  background=self.background, spacing=ctx.spacing, device=ctx.device,
+                                  return_info=True, init=self.init, alphas=self.alphas)
+        params = self.get_params()
+        params.update(init=info.init_level, alphas=info.alphas, stop_tol=None,
+                      iterations=info.iterations)
+        return RichardsonLucy(**params)
 
     def halo(self, spacing, psf):
         # iterations spread information beyond one PSF: see benchmarks/RESULTS.md (chunking)
@@ -228,3 +283,64 @@ class BlindDeconvolution(Stage):
         ctx.info["blind_rl"] = {"iterations": info.iterations, "seconds": info.seconds,
                                 "fwhm_um": fwhm(psf, ctx.spacing).tolist()}
         return out
+
+
+class FitBeads(Stage):
+    """Fit every bead with the PSF and render the ideal volume (:mod:`restore3d.fitting`).
+
+    The bead table goes to ``ctx.beads`` (and the :class:`Result`); the
+    returned volume is :func:`~restore3d.fitting.render_beads` of it: each
+    bead an isotropic Gaussian of the PSF's lateral FWHM, flux kept, black
+    background. The variance of an already subtracted background is taken
+    from the :class:`SubtractBackground` report of the run.
+
+    Parameters
+    ----------
+    read_noise, min_significance, max_group, window_um
+        As in :func:`~restore3d.fitting.fit_beads`.
+    detect_on : {"volume", "deconvolved"}
+        Find the starting positions on the volume itself or on 10
+        Richardson-Lucy iterations of it (separates close beads better).
+    fwhm_um : float, optional
+        FWHM of the rendered beads; default the PSF's lateral FWHM.
+    """
+
+    default_name = "fit"
+
+    def __init__(self, *, read_noise: float = 0.0, min_significance: float = 3.0, max_group: int = 6,
+                 window_um=None, detect_on: str = "volume", fwhm_um: float | None = None, psf=None):
+        self.read_noise = read_noise
+        self.min_significance = min_significance
+        self.max_group = max_group
+        self.window_um = window_um
+        self.detect_on = detect_on
+        self.fwhm_um = fwhm_um
+        self.psf = psf
+
+    def __call__(self, volume, ctx: RunContext):
+        from .detect import detect_beads
+        from .fitting import fit_beads, render_beads
+        if self.detect_on not in ("volume", "deconvolved"):
+            raise ValueError(f"detect_on must be 'volume' or 'deconvolved', got {self.detect_on!r}")
+        psf = _stage_psf(self, ctx, volume)
+        bg = ctx.info.get("background")
+        variance = bg["noise_sigma"] ** 2 if bg else 0.0
+        probe = volume if self.detect_on == "volume" else richardson_lucy(volume, psf, iterations=10,
+                                                                           device=ctx.device)
+        candidates = detect_beads(probe, ctx.spacing, measure=False)
+        table = fit_beads(volume, psf, ctx.spacing, candidates=candidates, read_noise=self.read_noise,
+                          variance_offset=max(variance - self.read_noise ** 2, 0.0),
+                          min_significance=self.min_significance, max_group=self.max_group,
+                          window_um=self.window_um)
+        w = fwhm(psf, ctx.spacing)
+        size = self.fwhm_um if self.fwhm_um is not None else float(np.nanmean(w[1:]))
+        ctx.beads = table
+        ctx.info["fit"] = {"n_beads": int(len(table)), "fwhm_um": size}
+        return render_beads(table, volume.shape, ctx.spacing, fwhm_um=size)
+
+    def halo(self, spacing, psf):
+        return _psf_halo(psf)
+
+    def freeze(self, sample, ctx):
+        raise ValueError("FitBeads does not run chunk-wise yet: process the volume whole, "
+                         "or drop FitBeads from a chunked pipeline")
