@@ -205,12 +205,13 @@ def rolling_ball_background(volume: np.ndarray, spacing: Sequence[float], *,
     return np.asarray(bg, dtype=np.float32)
 
 
-def percentile_background(volume: np.ndarray, *, percentile: float = 50.0) -> np.ndarray:
-    """A constant background: the ``percentile`` of the volume, broadcast to its shape."""
+def percentile_background(volume: np.ndarray, *, percentile: float = 50.0,
+                          level: float | None = None) -> np.ndarray:
+    """A constant background: the ``percentile`` of the volume (or a given ``level``), broadcast to its shape."""
     vol = as_volume(volume)
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be within [0, 100], got {percentile!r}")
-    level = np.float32(np.percentile(vol, percentile))
+    level = np.float32(np.percentile(vol, percentile) if level is None else level)
     return np.full(vol.shape, level, np.float32)
 
 

@@ -57,6 +57,10 @@ class RLInfo:
         Wall time of the iterations.
     psf : ndarray or None
         Final PSF (blind deconvolution only).
+    alphas : list of float
+        Biggs-Andrews extrapolation weight of each iteration.
+    init_level : float
+        The constant initial estimate (``init="mean"``).
     """
 
     iterations: int = 0
@@ -64,6 +68,8 @@ class RLInfo:
     i_divergence: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     psf: np.ndarray | None = None
+    alphas: list = dataclasses.field(default_factory=list)
+    init_level: float | None = None
 
 
 def _torch():
@@ -264,7 +270,8 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
                     stop_tol: float | None = None, monitor: bool = False,
                     backprojector: str = "matched", init="mean", device=None,
                     threads: int | None = None, progress: bool = False,
-                    callback: Callable | None = None, return_info: bool = False):
+                    callback: Callable | None = None, return_info: bool = False,
+                    alphas: Sequence[float] | None = None):
     """Richardson-Lucy deconvolution of a 3D volume.
 
     Parameters
@@ -320,6 +327,11 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         estimate cropped to the volume (a numpy array).
     return_info : bool
         Also return an :class:`RLInfo`.
+    alphas : sequence of float, optional
+        Biggs-Andrews extrapolation weights to use instead of computing
+        them (they are recorded in :attr:`RLInfo.alphas`): replaying the
+        weights of a reference run makes the iteration a local operator, so
+        chunks of a large volume agree with each other.
 
     Returns
     -------
@@ -373,6 +385,7 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
             inv_w = torch.where(w > _WEIGHT_FLOOR, 1.0 / w.clamp(min=_WEIGHT_FLOOR), torch.zeros_like(w))
             inv_w *= model.support
         x = _initial(init, vol, b, model, inv_w, dev)
+        info.init_level = float(x.max())
         rescale = None
         if backprojector != "matched":
             # an unmatched back projector does not keep flux by itself: after
@@ -423,10 +436,14 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
                 torch.sub(x_new, est, out=g)
                 gf = g.view(-1)
                 alpha = 0.0
-                if g_prev_norm2 is not None:
+                if alphas is not None:
+                    alpha = float(alphas[k]) if k < len(alphas) else 0.0
+                elif g_prev_norm2 is not None:
                     alpha = float(torch.dot(gf, g_prev.view(-1))) / (g_prev_norm2 + 1e-30)
                     alpha = min(max(alpha, 0.0), 0.99)
-                g_prev_norm2 = float(torch.dot(gf, gf))
+                if alphas is None:
+                    g_prev_norm2 = float(torch.dot(gf, gf))
+                info.alphas.append(alpha)
                 g, g_prev = g_prev, g
                 if x_prev is None or alpha == 0.0:
                     est.copy_(x_new)

@@ -189,14 +189,14 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     cands = detect_beads(vol, spacing, snr=snr, measure=True)
     # possible neighbours: everything clearly above the noise, dimmer than the candidates too
-    everyone = detect_beads(vol, spacing, snr=min(5.0, snr), measure=False)
+    everyone = detect_beads(vol, spacing, snr=min(4.0, snr), measure=False)
     n_cand = len(cands)
     rejected = {"neighbour": 0, "edge": 0, "saturated": 0, "outlier": 0, "unmeasurable": 0}
 
     def fail(reason):
         raise ValueError(
             f"no usable bead to estimate the PSF from ({reason}; {n_cand} candidates above "
-            f"{snr:g} sigma, rejected: {rejected}); pass a measured PSF (psf=..., --psf PSF.tif) or "
+            f"noise level {snr:g}, rejected: {rejected}); pass a measured PSF (psf=..., --psf PSF.tif) or "
             "use a PSF model (EstimatePSF(fallback={'model': 'widefield', 'na': ..., 'wavelength': ...}))")
 
     if n_cand == 0:
