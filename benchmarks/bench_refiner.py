@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,6 @@ import numpy as np
 import torch
 
 from _common import machine, table
-import restore3d as r3
 from restore3d import metrics
 from restore3d.pipeline import Pipeline
 from restore3d.refiner import Refiner
@@ -59,20 +56,21 @@ def eval_volumes(seed=7, shape=(32, 256, 256)):
 
 
 def classical_output(classical, sim):
-    """The classical stages' output; if no bead is usable for the PSF, with the true PSF given."""
+    """The classical stages' output and PSF; if no bead is usable for the PSF, with the true PSF given."""
     try:
-        return np.asarray(classical.run(sim.raw, spacing=sim.spacing))
+        res = classical.run(sim.raw, spacing=sim.spacing)
     except ValueError as exc:
         print(f"  (PSF estimation failed: {exc}; using the true PSF)", flush=True)
         from restore3d.psf import crop_psf
-        return np.asarray(classical.run(sim.raw, spacing=sim.spacing, psf=crop_psf(sim.psf, sim.raw.shape)))
+        res = classical.run(sim.raw, spacing=sim.spacing, psf=crop_psf(sim.psf, sim.raw.shape))
+    return np.asarray(res), res.psf
 
 
 def evaluate(refiner, sims, prefix_outputs):
     rows = []
-    for (name, sim), inp in zip(sims, prefix_outputs):
+    for (name, sim), (inp, psf) in zip(sims, prefix_outputs):
         t0 = time.perf_counter()
-        out = refiner.restore(inp, sim.spacing)
+        out = refiner.restore(inp, sim.spacing, psf=psf)
         dt = time.perf_counter() - t0
         m = metrics.evaluate(out, target=sim.target, truth=sim.truth, spacing=sim.spacing)
         rows.append({"setting": name, "seconds": dt, **{k: m[k] for k in KEYS}})
@@ -92,14 +90,12 @@ def cmd_ablation(args):
     sims = eval_volumes()
     classical = default_prefix()
     t0 = time.perf_counter()
-    hybrid_pool = make_pairs(args.pool, SimulationRanges(), classical, Normalizer(), seed=0, progress=True)
-    raw_pool = make_pairs(args.pool, SimulationRanges(), Pipeline([]), Normalizer(offset="median"), seed=0,
-                          progress=True)
-    print(f"pools: {time.perf_counter() - t0:.0f} s for {args.pool} + {args.pool} volumes", flush=True)
+    hybrid_pool = make_pairs(args.pool, SimulationRanges(), classical, Normalizer(), seed=0, progress=True,
+                             input_transform="target_blur")
     cls_inputs = [classical_output(classical, s) for _, s in sims]
-    raw_inputs = [s.raw for _, s in sims]
+    raw_inputs = [(s.raw, s.psf) for _, s in sims]
     baseline = []
-    for (name, sim), inp in zip(sims, cls_inputs):
+    for (name, sim), (inp, _) in zip(sims, cls_inputs):
         m = metrics.evaluate(inp, target=sim.target, truth=sim.truth, spacing=sim.spacing)
         baseline.append({"setting": name, "seconds": 0.0, **{k: m[k] for k in KEYS}})
     variants = [("imbalanced M=1 (= L1)", "imbalanced", {"weight": 1.0, "tau": 0.1}, False),
@@ -112,6 +108,10 @@ def cmd_ablation(args):
                 ("raw input, M=10", "imbalanced", {"weight": 10.0, "tau": 0.1}, True)]
     if args.only:
         variants = [v for v in variants if any(o in v[0] for o in args.only)]
+    raw_pool = None
+    if any(v[3] for v in variants):
+        raw_pool = make_pairs(args.pool, SimulationRanges(), Pipeline([]), Normalizer(offset="median"), seed=0,
+                              progress=True)
     summary = [mean_row(baseline, "background + RL (no refiner)")]
     detail = []
     for label, loss, params, raw in variants:
@@ -121,7 +121,8 @@ def cmd_ablation(args):
         t0 = time.perf_counter()
         res = train(work / name, config=cfg, prefix=Pipeline([]) if raw else classical,
                     normalizer=Normalizer(offset="median") if raw else Normalizer(),
-                    pairs=raw_pool if raw else hybrid_pool, progress=False)
+                    pairs=raw_pool if raw else hybrid_pool, progress=False,
+                    input_transform=None if raw else "target_blur")
         secs = time.perf_counter() - t0
         rows = evaluate(Refiner.load(res.checkpoint), sims, raw_inputs if raw else cls_inputs)
         for r in rows:
@@ -143,35 +144,43 @@ def cmd_acceptance(args):
     torch.set_num_threads(args.threads)
     classical = default_prefix()
     refiner = Refiner.load(args.weights) if args.weights else Refiner.pretrained()
+    fp32 = Refiner(refiner.weights, precision="fp32")
     rows = []
     for name, sim in sims:
         raw_m = metrics.evaluate(sim.raw, target=sim.target, truth=sim.truth, spacing=sim.spacing)
         t0 = time.perf_counter()
-        cls = classical_output(classical, sim)
+        cls, psf = classical_output(classical, sim)
         t_cls = time.perf_counter() - t0
         m_cls = metrics.evaluate(cls, target=sim.target, truth=sim.truth, spacing=sim.spacing)
-        refiner.restore(cls[:, :64, :64], sim.spacing)  # warm-up
+        refiner.restore(cls[:, :64, :64], sim.spacing, psf=psf)  # warm-up
         t0 = time.perf_counter()
-        out = refiner.restore(cls, sim.spacing)
+        out = refiner.restore(cls, sim.spacing, psf=psf)
         t_ref = time.perf_counter() - t0
+        fp32.restore(cls[:, :64, :64], sim.spacing, psf=psf)
+        t0 = time.perf_counter()
+        fp32.restore(cls, sim.spacing, psf=psf)
+        t_fp32 = time.perf_counter() - t0
         m = metrics.evaluate(out, target=sim.target, truth=sim.truth, spacing=sim.spacing)
         rows.append({"setting": name, "stages": "raw", **{k: raw_m[k] for k in KEYS}})
         rows.append({"setting": name, "stages": "background + RL", "seconds": t_cls, **{k: m_cls[k] for k in KEYS}})
         rows.append({"setting": name, "stages": "hybrid (+ refiner)", "seconds": t_cls + t_ref,
-                     "refiner seconds": t_ref, **{k: m[k] for k in KEYS},
+                     "refiner seconds": t_ref, "refiner s fp32": t_fp32, **{k: m[k] for k in KEYS},
                      "NRMSE drop": 1 - m["nrmse"] / m_cls["nrmse"]})
     print(f"machine: {machine()}; weights {refiner._path()}; precision {refiner.precision}\n")
-    print(table(rows, ["setting", "stages", "seconds", "refiner seconds"] + KEYS + ["NRMSE drop"]))
+    from restore3d.refiner.precision import resolve_precision
+    print(f"refiner precision 'auto' resolves to {resolve_precision('auto', 'cpu')} on this CPU\n")
+    print(table(rows, ["setting", "stages", "seconds", "refiner seconds", "refiner s fp32"] + KEYS + ["NRMSE drop"]))
+    hyb = [r for r in rows if r["stages"].startswith("hybrid")]
+    cls_rows = [r for r in rows if r["stages"] == "background + RL"]
+    print("\nmeans over the settings:\n")
+    print(table([mean_row(cls_rows, "background + RL"), mean_row(hyb, "hybrid (+ refiner)")], ["variant"] + KEYS))
 
 
 def cmd_adapt(args):
     import tifffile
     torch.set_num_threads(args.threads)
-    raw = tifffile.imread(args.psf).astype(np.float32)
-    p = np.clip(raw - np.median(raw), 0, None)
-    c = np.unravel_index(p.argmax(), p.shape)
-    p = p[c[0] - 12:c[0] + 13, c[1] - 12:c[1] + 13, c[2] - 12:c[2] + 13]
-    p /= p.sum()
+    from restore3d.psf import prepare_psf
+    p = prepare_psf(tifffile.imread(args.psf), shape=(25, 25, 25))
     sp = (0.1, 0.1, 0.1)
     user = simulate_beads((32, 256, 256), sp, psf=p, density=0.01, flux=20000.0, seed=21)
     tests = [simulate_beads((32, 256, 256), sp, psf=p, density=0.01, flux=20000.0, seed=30 + i) for i in range(2)]
@@ -182,9 +191,9 @@ def cmd_adapt(args):
     t_adapt = time.perf_counter() - t0
     rows = []
     for i, sim in enumerate(tests):
-        cls = np.asarray(classical.run(sim.raw, spacing=sp))
-        for label, vol in (("background + RL", cls), ("shipped refiner", shipped.restore(cls, sp)),
-                           ("adapted refiner", adapted.restore(cls, sp))):
+        cls, psf = classical_output(classical, sim)
+        for label, vol in (("background + RL", cls), ("shipped refiner", shipped.restore(cls, sp, psf=psf)),
+                           ("adapted refiner", adapted.restore(cls, sp, psf=psf))):
             m = metrics.evaluate(vol, target=sim.target, truth=sim.truth, spacing=sp)
             rows.append({"volume": f"LLSM-PSF test {i}", "restoration": label, **{k: m[k] for k in KEYS}})
     print(f"machine: {machine()}; adaptation {t_adapt:.0f} s in all (budget {args.minutes} min of training)\n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -40,7 +39,6 @@ def seams():
                 scheduler="threads", num_workers=1)
             dt = time.perf_counter() - t0
             d = np.abs(out - whole)[2:-2, 8:-8, 8:-8]
-            from restore3d.chunked import pipeline_halo, freeze_pipeline
             rows.append({"pipeline": name, "halo (z, y, x)": str(halo or "auto"),
                          "max |chunked - whole| / max": float(d.max() / whole.max()),
                          "chunked s (4 chunks)": dt, "whole s": t_whole})

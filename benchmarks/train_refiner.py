@@ -2,7 +2,7 @@
 
 Usage (the command recorded in benchmarks/RESULTS.md)::
 
-    python benchmarks/train_refiner.py --out restore3d/refiner/weights/default --steps 2400 --pool 200
+    python benchmarks/train_refiner.py --out restore3d/refiner/weights/default --steps 3000 --pool 200
 
 The recipe is the CPU one (2 threads); with a GPU or an AMX/bf16 CPU the
 same command runs faster. It writes the checkpoint (state_dict + JSON with
@@ -26,10 +26,10 @@ from restore3d.refiner.train import TrainConfig, train
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="restore3d/refiner/weights/default")
-    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--pool", type=int, default=200)
     ap.add_argument("--loss", default="imbalanced")
-    ap.add_argument("--weight", type=float, default=10.0)
+    ap.add_argument("--weight", type=float, default=100.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="auto")
@@ -38,7 +38,7 @@ def main():
     torch.set_num_threads(args.threads)
     params = {"weight": args.weight, "tau": 0.1} if args.loss in ("imbalanced", "combined") else {}
     cfg = TrainConfig(steps=args.steps, pool=args.pool, loss=args.loss, loss_params=params, seed=args.seed,
-                      epoch_steps=100, patience=6, validation=6, precision=args.precision,
+                      epoch_steps=100, patience=10, validation=8, precision=args.precision,
                       time_limit=None if args.minutes is None else 60 * args.minutes)
     command = "python benchmarks/train_refiner.py " + " ".join(sys.argv[1:])
     t0 = time.perf_counter()

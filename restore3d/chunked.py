@@ -4,9 +4,11 @@ Global quantities are measured once on a central sample block (each stage's
 :meth:`~restore3d.pipeline.Stage.freeze`): the PSF, the background noise
 level, the refiner's intensity scale. Every chunk is then restored with the
 frozen pipeline plus a halo of context on each side, the sum of the stages'
-halos: the wavelet background's block size, twice the PSF's half-size for
-Richardson-Lucy (iterations spread information beyond one PSF; measured in
-benchmarks/RESULTS.md), the refiner's receptive field. Peak memory grows
+halos: the wavelet background's block size and smoothing, the PSF's
+half-size for Richardson-Lucy (with its start and extrapolation weights
+frozen, more context changed the result by less than 1e-3 of the maximum;
+measured in benchmarks/RESULTS.md), the refiner's receptive field, rounded
+up to the wavelet and pooling grids. Peak memory grows
 with the chunk size and the number of workers, not with the volume.
 """
 from __future__ import annotations

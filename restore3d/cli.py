@@ -11,7 +11,6 @@ import argparse
 import glob
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -105,6 +104,18 @@ def _save(path, volume, spacing, *, axes=None, variable="volume"):
     return io.save(path, volume, spacing=spacing, axes=axes, variable=variable)
 
 
+def _measured_psf(path):
+    """A PSF file: a clean unit-sum PSF is used as is; a raw bead stack loses its offset first."""
+    from . import io
+    from .psf import prepare_psf
+    arr, _ = io.load(path)
+    border = np.concatenate([arr[[0, -1]].ravel(), arr[:, [0, -1]].ravel(), arr[:, :, [0, -1]].ravel()])
+    if float(np.median(border)) > 1e-3 * float(arr.max()):
+        log.info("%s: removing the PSF stack's background level %.3g", path, float(np.median(arr)))
+        return prepare_psf(arr)
+    return arr
+
+
 def _pipeline(args):
     import restore3d as r3
     if args.config:
@@ -118,8 +129,11 @@ def _pipeline(args):
 
 # ----------------------------------------------------------------------------- run
 def _restore_one(in_path, out_path, args, pipe, psf=None):
-    from . import io
     volume, spacing = _load(in_path, args)
+    if psf is not None and np.any(np.asarray(psf.shape) > np.asarray(volume.shape)):
+        from .psf import crop_psf
+        log.info("cropping the PSF %s to the volume %s", psf.shape, volume.shape)
+        psf = crop_psf(psf, volume.shape)
     t0 = time.perf_counter()
     result = pipe.run(volume, spacing=spacing, psf=psf, device=args.device, progress=not args.quiet)
     axes, variable = _out_axes(in_path, out_path, args)
@@ -144,9 +158,7 @@ def cmd_run(args):
         if extra:
             _check_output(Path(extra), [in_path], args.overwrite, suffix=suffix)
     pipe = _pipeline(args)
-    psf = None
-    if args.psf:
-        psf, _ = io.load(args.psf)
+    psf = _measured_psf(args.psf) if args.psf else None
     volume, spacing, result = _restore_one(in_path, out_path, args, pipe, psf=psf)
     restored = np.asarray(result)
     if args.save_psf:
@@ -182,7 +194,7 @@ def _run_chunked(in_path, out_path, args):
         spacing = tuple(args.spacing)
     if spacing is None:
         raise UserError(f"{in_path}: the file does not record the voxel size; pass --spacing DZ DY DX")
-    psf = io.load(args.psf)[0] if args.psf else None
+    psf = _measured_psf(args.psf) if args.psf else None
     chunks = tuple(args.chunks) if args.chunks else (64, 256, 256)
     out = run_chunked(_pipeline(args), arr, spacing=spacing, chunks=chunks, psf=psf, device=args.device)
     t0 = time.perf_counter()
@@ -267,7 +279,7 @@ def cmd_train(args):
         raise UserError(f"{out.with_suffix('.json')} exists; pass --overwrite to replace it or --resume")
     params = {"weight": args.weight, "tau": args.tau} if args.loss in ("imbalanced", "combined") else {}
     cfg = TrainConfig(steps=args.steps or 1500, batch=args.batch, pool=args.pool, loss=args.loss,
-                      loss_params=params, seed=args.seed, lr=args.lr,
+                      loss_params=params, seed=args.seed, lr=args.lr, validation=args.validation,
                       time_limit=None if args.minutes is None else 60.0 * args.minutes)
     prefix = Pipeline([]) if args.raw else None
     res = train(out, config=cfg, prefix=prefix, ranges=SimulationRanges(), init=args.init, resume=args.resume,
@@ -298,14 +310,12 @@ def cmd_demo(args):
     io.save(names["input_tif"], sim.raw, spacing=spacing)
     volume, _ = io.load(names["input"], axes="yxz")
     pipe = r3.default_pipeline(refiner=not args.no_refiner)
-    result = pipe.run(volume, spacing=spacing, device=args.device, progress=not args.quiet)
+    result = pipe.run(volume, spacing=spacing, device=args.device, progress=not args.quiet, keep=["rl"])
     restored = np.asarray(result)
     io.save(names["output"], restored, spacing=spacing)
     beads = detect_beads(restored, spacing)
     io.write_table(names["beads"], beads)
-    rows = [("raw", volume)]
-    classical = r3.default_pipeline(refiner=False).run(volume, spacing=spacing)
-    rows.append(("background + RL", np.asarray(classical)))
+    rows = [("raw", volume), ("background + RL", result.intermediates["rl"])]
     if not args.no_refiner:
         rows.append(("hybrid (default pipeline)", restored))
     rows.append(("target", sim.target))
@@ -405,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None, help="time budget (default 3 with --adapt-to)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--pool", type=int, default=160, help="simulated training volumes")
+    p.add_argument("--validation", type=int, default=6, help="fixed validation volumes")
     p.add_argument("--loss", choices=("imbalanced", "l1", "mse", "combined"), default="imbalanced")
-    p.add_argument("--weight", type=float, default=10.0, help="imbalanced loss weight M")
+    p.add_argument("--weight", type=float, default=100.0, help="imbalanced loss weight M (100: best in the ablation)")
     p.add_argument("--tau", type=float, default=0.1, help="imbalanced loss threshold (fraction of max)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--raw", action="store_true", help="train on raw volumes (no classical stages)")

@@ -369,9 +369,9 @@ def fit_beads(volume: np.ndarray, psf: np.ndarray, spacing: Sequence[float], *, 
         fitted_pos, fitted_f, fitted_b, sig, devs, gid = [], [], [], [], [], []
         additions = []
         by_size = {}
-        for gi, g in enumerate(groups):
+        for g in groups:
             by_size.setdefault(len(g), []).append(g)
-        for k, gs in sorted(by_size.items()):
+        for _, gs in sorted(by_size.items()):
             for start in range(0, len(gs), 256):
                 chunk = gs[start:start + 256]
                 batch = _Batch(vol, chunk, pos, flux0, half, v0)

@@ -198,10 +198,13 @@ class Result:
         :meth:`Pipeline.to_dict` of the pipeline that produced this result.
     info : dict
         Other stage reports.
+    intermediates : dict
+        Outputs of the steps named in ``Pipeline.run(keep=...)``.
     """
 
     def __init__(self, volume, *, spacing, psf=None, timings=None, beads=None,
-                 pipeline=None, info=None):
+                 pipeline=None, info=None, intermediates=None):
+        self.intermediates = dict(intermediates or {})
         self.volume = volume
         self.spacing = spacing
         self.psf = psf
@@ -427,7 +430,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ running
     def run(self, volume, *, spacing, psf=None, seed=0, device: str | None = None,
-            progress: bool = False, logger: logging.Logger | None = None) -> Result:
+            progress: bool = False, logger: logging.Logger | None = None, keep=()) -> Result:
         """Restore one volume.
 
         Parameters
@@ -446,6 +449,9 @@ class Pipeline:
             Where torch stages run; default CUDA when available.
         progress : bool
             Show progress bars of long stages.
+        keep : sequence of str
+            Names of steps whose outputs are kept in ``Result.intermediates``
+            (to compare stages without running them twice).
 
         Returns
         -------
@@ -459,6 +465,11 @@ class Pipeline:
         """
         vol = as_volume(volume, copy=True)
         sp = as_spacing(spacing)
+        names = [n for n, _ in self.steps]
+        unknown = [k for k in keep if k not in names]
+        if unknown:
+            raise ValueError(f"keep names unknown steps {unknown}; steps are {names}")
+        kept: dict[str, np.ndarray] = {}
         psf_arr = as_psf(psf, volume_shape=vol.shape) if psf is not None else None
         ctx = RunContext(spacing=sp, psf=psf_arr, rng=as_rng(seed), logger=logger or log,
                          device=device, progress=progress)
@@ -475,9 +486,11 @@ class Pipeline:
             if not np.isfinite(out).all():
                 raise RuntimeError(f"stage {name!r} produced NaN or Inf values")
             vol = np.ascontiguousarray(out, dtype=np.float32)
+            if name in keep:
+                kept[name] = vol.copy()
             timings[name] = time.perf_counter() - t0
             ctx.info.setdefault("history", []).append(type(stage).__name__)
             ctx.logger.info("stage %r done in %.2f s", name, timings[name])
         timings["total"] = time.perf_counter() - start
         return Result(vol, spacing=sp, psf=ctx.psf, timings=timings, beads=ctx.beads,
-                      pipeline=self.to_dict(), info=ctx.info)
+                      pipeline=self.to_dict(), info=ctx.info, intermediates=kept)

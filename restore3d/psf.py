@@ -16,7 +16,7 @@ from ._checks import as_psf, as_spacing
 from ._profiles import FWHM_PER_SIGMA, profile_fwhm
 
 __all__ = ["gaussian_psf", "widefield_psf", "make_psf", "fwhm", "centre_psf",
-           "crop_psf", "widefield_fwhm"]
+           "crop_psf", "widefield_fwhm", "prepare_psf"]
 
 log = logging.getLogger(__name__)
 
@@ -288,3 +288,44 @@ def crop_psf(psf: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         sl.append(slice(start, start + m))
     out = arr[tuple(sl)]
     return (out / out.sum(dtype=np.float64)).astype(np.float32)
+
+
+def prepare_psf(measured: np.ndarray, *, shape: Sequence[int] | None = None,
+                background: str | float = "auto") -> np.ndarray:
+    """Turn a measured PSF stack (one bead imaged through z) into a PSF for deconvolution.
+
+    Subtracts the camera offset / background, clips negatives, crops a box
+    of ``shape`` centred on the brightest voxel and normalises to unit sum.
+
+    Parameters
+    ----------
+    measured : (Z, Y, X) ndarray
+        Raw counts of the bead stack.
+    shape : (z, y, x) odd ints, optional
+        Box to keep around the peak (clipped to what the stack holds);
+        default the whole stack, made odd.
+    background : "auto", "none" or float
+        ``"auto"``: the median of the stack (a bead fills a tiny part of it);
+        or a given level in counts.
+
+    Returns
+    -------
+    (z, y, x) float32 ndarray, odd shape, peak in the middle, unit sum.
+    """
+    arr = np.asarray(measured, dtype=np.float64)
+    if arr.ndim != 3:
+        raise ValueError(f"measured PSF must be 3D (z, y, x), got shape {arr.shape}")
+    if background == "auto":
+        level = float(np.median(arr))
+    elif background == "none":
+        level = 0.0
+    else:
+        level = float(background)
+    arr = np.clip(arr - level, 0, None)
+    if arr.max() <= 0:
+        raise ValueError("measured PSF has nothing above its background level")
+    peak = np.unravel_index(int(np.argmax(arr)), arr.shape)
+    want = arr.shape if shape is None else tuple(int(s) for s in shape)
+    half = [min(w // 2, p, n - 1 - p) for w, p, n in zip(want, peak, arr.shape)]
+    box = arr[tuple(slice(p - h, p + h + 1) for p, h in zip(peak, half))]
+    return (box / box.sum()).astype(np.float32)

@@ -16,9 +16,8 @@ import numpy as np
 from scipy import ndimage, optimize
 
 from ._checks import as_spacing, as_volume
-from ._profiles import FWHM_PER_SIGMA, profile_peak
+from ._profiles import profile_peak
 from .detect import detect_beads
-from .metrics import isolated
 from .psf import fwhm, gaussian_psf, widefield_psf
 
 __all__ = ["estimate_psf", "PSFEstimate", "normalized_cross_correlation", "MODELS"]
@@ -214,7 +213,8 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
         half_size_um = (2.5 * w_med[0], 4.0 * lat, 4.0 * lat)
     half = np.maximum(1, np.round(np.asarray(half_size_um, float) / np.asarray(spacing)).astype(int))
     half = np.minimum(half, (np.asarray(vol.shape) - 1) // 2)
-    core_half = np.maximum(1.0, 1.5 * w_med / np.asarray(spacing) / 2 * 1.0)
+    # the core: +-0.75 FWHM around the centre; it must lie inside the volume
+    core_half = np.maximum(1.0, 0.75 * w_med / np.asarray(spacing))
 
     pos = np.stack([cands["z"], cands["y"], cands["x"]], 1)
     # neighbours: any detection brighter than a fraction of the candidate inside its box

@@ -15,7 +15,6 @@ from typing import Sequence
 
 import numpy as np
 from scipy import fft as sfft
-from scipy.spatial import cKDTree
 
 from ._checks import as_psf, as_rng, as_spacing
 from ._profiles import FWHM_PER_SIGMA

@@ -1,7 +1,6 @@
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,7 +95,7 @@ def test_overwrite_rules(sim_files, tmp_path):
     ("2d", ["run", "{t}/flat.npy", "{t}/o.tif", "--spacing", "1", "1", "1"], "2D"),
     ("none", ["run", "{d}/stack.mat", "{t}/o.tif", "--axes", "yxz"], "pass --spacing"),
     ("nan", ["run", "{t}/nan.tif", "{t}/o.tif"], "NaN or Inf"),
-    ("bigpsf", ["run", "{d}/stack.tif", "{t}/o.tif", "--psf", "{t}/big.tif"], "larger than the volume"),
+    ("badpsf", ["run", "{d}/stack.tif", "{t}/o.tif", "--psf", "{t}/neg.tif"], "negative values"),
     ("corrupt", ["run", "{t}/bad.mat", "{t}/o.tif", "--spacing", "1", "1", "1"], "not a readable MATLAB"),
     ("corrupt", ["run", "{t}/bad.tif", "{t}/o.tif", "--spacing", "1", "1", "1"], "not a readable TIFF"),
     ("config", ["run", "{d}/stack.tif", "{t}/o.tif", "--config", "{t}/bad.json"], "unknown parameters"),
@@ -110,8 +109,8 @@ def test_errors_exit_2_one_line(sim_files, tmp_path, setup, args, message):
         v = np.ones((8, 16, 16), np.float32)
         v[0, 0, 0] = np.nan
         io.save(tmp_path / "nan.tif", v, spacing=SP)
-    if setup == "bigpsf":
-        io.save(tmp_path / "big.tif", np.ones((31, 9, 9), np.float32))
+    if setup == "badpsf":
+        io.save(tmp_path / "neg.tif", -np.ones((3, 9, 9), np.float32))
     if setup == "corrupt":
         (tmp_path / "bad.mat").write_bytes(b"garbage" * 50)
         (tmp_path / "bad.tif").write_bytes(b"garbage" * 50)
@@ -172,3 +171,18 @@ def test_demo_runs(tmp_path):
     names = {p.name for p in (tmp_path / "demo").iterdir()}
     assert {"demo_input.mat", "demo_restored.tif", "demo_figure.png", "demo_beads.csv", "demo_metrics.md"} <= names
     assert "elongation" in r.stdout
+
+
+def test_raw_psf_stack_is_cleaned_and_cropped(sim_files, tmp_path):
+    """--psf accepts a raw bead stack (offset, larger than the volume): offset removed, cropped, used."""
+    from restore3d.psf import gaussian_psf
+    d, _ = sim_files
+    true = gaussian_psf(SP, fwhm_lateral=0.25, fwhm_axial=0.8, shape=(15, 21, 21))
+    stack = np.full((41, 61, 61), 120.0, np.float32)
+    stack[13:28, 20:41, 20:41] += 5000 * true / true.max()
+    io.save(tmp_path / "stack_psf.tif", stack)
+    r = cli("run", d / "stack.tif", tmp_path / "o.tif", "--psf", tmp_path / "stack_psf.tif", "--no-refiner",
+            "--save-psf", tmp_path / "used.tif")
+    assert r.returncode == 0, r.stderr
+    used, _ = io.load(tmp_path / "used.tif")
+    assert used.shape[0] <= 24 and used.sum() == pytest.approx(1.0, abs=1e-3)

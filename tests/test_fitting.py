@@ -40,7 +40,6 @@ def test_two_overlapping_beads_separated():
     truth = np.zeros(2, BEAD_DTYPE)
     truth["z"], truth["y"], truth["x"] = [8.2, 8.0], [20.0, 20.3], [18.4, 21.0]
     truth["flux"] = [8000.0, 6000.0]
-    from scipy import ndimage
     from restore3d.simulate import _image_beads
     clean = _image_beads(np.stack([truth["z"], truth["y"], truth["x"]], 1), truth["flux"], PSF, (16, 40, 40), SP, 0.0,
                          np.array([2, 2, 2]))

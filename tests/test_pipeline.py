@@ -115,6 +115,15 @@ def test_real_stage_round_trip(tmp_path, small_sim):
     assert a.min() >= 0 and np.median(a) < np.median(small_sim.raw) - 50
 
 
+def test_keep_intermediates(vol):
+    """keep= returns the outputs of named steps; unknown names are rejected."""
+    pipe = r3.Pipeline([("a", AddConstant(1.0)), ("s", Scale(3.0))])
+    res = pipe.run(vol, spacing=SP, keep=["a"])
+    np.testing.assert_array_equal(res.intermediates["a"], vol + 1)
+    with pytest.raises(ValueError, match=r"keep names unknown steps \['b'\]"):
+        pipe.run(vol, spacing=SP, keep=["b"])
+
+
 def test_input_never_modified(vol):
     """run() works on a copy even when a stage writes in place."""
     before = vol.copy()

@@ -30,11 +30,8 @@ def test_recovers_widefield_model():
 def test_recovers_measured_llsm_psf(shared_data):
     """From a volume simulated with the real measured lattice light-sheet PSF: same acceptance."""
     import tifffile
-    raw = tifffile.imread(shared_data / "llsm-psf" / "psf.tif").astype(np.float32)
-    p = np.clip(raw - np.median(raw), 0, None)
-    c = np.unravel_index(p.argmax(), p.shape)
-    p = p[c[0] - 12:c[0] + 13, c[1] - 12:c[1] + 13, c[2] - 12:c[2] + 13]
-    p /= p.sum()
+    from restore3d.psf import prepare_psf
+    p = prepare_psf(tifffile.imread(shared_data / "llsm-psf" / "psf.tif"), shape=(25, 25, 25))
     sp = (0.1, 0.1, 0.1)
     sim = simulate_beads((48, 160, 160), sp, psf=p, density=0.01, flux=20000, seed=6)
     est = estimate_psf(subtract_background(sim.raw, sp), sp, return_info=True)
@@ -66,3 +63,15 @@ def test_crowded_beads_rejected():
                          read_noise=0, seed=1)
     with pytest.raises(ValueError, match="'neighbour': [1-9]"):
         estimate_psf(sim.raw, SP, half_size_um=(2.0, 1.5, 1.5))
+
+
+def test_prepare_measured_psf():
+    """A measured bead stack with a camera offset becomes a centred, offset-free, unit-sum PSF."""
+    from restore3d.psf import gaussian_psf, prepare_psf
+    true = gaussian_psf(SP, fwhm_lateral=0.3, fwhm_axial=0.9, shape=(15, 21, 21))
+    stack = np.full((31, 61, 61), 142.0)
+    stack[10:25, 25:46, 15:36] += 7000 * true / true.max()
+    p = prepare_psf(stack, shape=(11, 15, 15))
+    assert p.shape == (11, 15, 15) and p.sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.unravel_index(p.argmax(), p.shape) == (5, 7, 7)
+    np.testing.assert_allclose(fwhm(p, SP), [0.9, 0.3, 0.3], rtol=1e-3)

@@ -44,7 +44,7 @@ def test_haze_from_beads_outside():
     sim = simulate_beads((16, 64, 64), SP, n_beads=0, density=0.0, ambient=DARK, poisson=False,
                          read_noise=0, seed=0)
     assert sim.clean.max() == 0
-    from restore3d.simulate import BEAD_DTYPE, _image_beads
+    from restore3d.simulate import _image_beads
     pos = np.array([[-3.0, 32.0, 32.0]])
     img = _image_beads(pos, np.array([1000.0]), sim.psf, (16, 64, 64), SP, 0.1, np.array([5, 5, 5]))
     assert img[0].sum() > 10 and img[0, 32, 32] > img[8, 32, 32]

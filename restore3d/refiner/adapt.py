@@ -15,41 +15,46 @@ from .data import SimulationRanges
 
 __all__ = ["measure_microscope", "adapt_refiner"]
 
+_WINDOW_UM = (1.5, 0.6, 0.6)  # restore3d.detect.measure_beads' default window
+
 log = logging.getLogger(__name__)
 
 
-def measure_microscope(volume: np.ndarray, spacing, *, psf=None) -> dict:
-    """PSF, ambient light, offset, noise, bead density and brightness of a raw bead volume.
+def measure_microscope(volume: np.ndarray, spacing, *, psf=None, read_noise: float = 2.0) -> dict:
+    """PSF, ambient light, camera offset, bead density and brightness of a raw bead volume.
+
+    The background level splits into camera offset and glow through the
+    shot noise: in photon units the noise variance of the background is
+    ``glow + read_noise**2``, so ``glow = noise**2 - read_noise**2`` and the
+    offset is the rest. ``read_noise`` (counts) is assumed, the rest measured.
 
     Returns a dict with ``psf`` (array), ``offset`` (counts), ``ambient_level``
-    and ``ambient_strength`` (glow above the offset), ``read_noise`` (counts,
-    from the noise not explained by shot noise), ``density`` (beads per
-    cubic micrometre) and ``flux`` (median, photons) with ``flux_spread``.
+    and ``ambient_strength`` (glow above the offset and its relative spread),
+    ``read_noise``, ``density`` (beads per cubic micrometre) and ``flux``
+    (median, photons) with ``flux_spread`` (standard deviation of its log).
     """
     bg = estimate_background(volume, spacing)
     clean = np.clip(volume - bg, 0, None)
     if psf is None:
         psf = estimate_psf(clean, spacing)
-    low = float(np.percentile(bg, 1))
-    # the darkest background is mostly camera offset; the rest is glow
     noise = estimate_noise(volume)
-    glow_mean = float(bg.mean())
-    # shot noise variance = glow (photons) ; total variance = glow + read^2 (offset unknown):
-    # solve with the darkest plane's statistics: var = (level - offset) + read^2
-    beads = detect_beads(clean, spacing, snr=6.0)
+    level = float(bg.mean())
+    glow = float(np.clip(noise ** 2 - read_noise ** 2, 0.0, level))
+    offset = level - glow
+    strength = float(np.clip(bg.std() / glow, 0.0, 1.0)) if glow > 0 else 0.0
+    beads = detect_beads(clean, spacing)
     vol_um3 = float(np.prod(np.asarray(volume.shape) * np.asarray(spacing)))
-    flux = beads["intensity"][np.isfinite(beads["intensity"]) & (beads["intensity"] > 0)]
-    median_flux = float(np.median(flux)) if flux.size else 3000.0
-    spread = float(np.std(np.log(flux))) if flux.size > 3 else 0.4
-    # split the background into offset and glow using the noise: var = glow + read^2
-    read2 = max(noise ** 2 - max(glow_mean - low, 0.0), 1.0)
-    offset = max(glow_mean - max(noise ** 2 - read2, 0.0), 0.0)
-    glow = max(glow_mean - offset, 0.0)
-    strength = float(np.clip(bg.std() / max(glow, 1e-6), 0.0, 1.0)) if glow > 0 else 0.0
+    # measured intensities cover the bead's window only: scale to the PSF's total
+    psf = np.asarray(psf, np.float64)
+    half = np.maximum(1, np.round(np.asarray(_WINDOW_UM) / np.asarray(spacing)).astype(int))
+    c = np.asarray(psf.shape) // 2
+    inside = psf[tuple(slice(max(0, ci - h), ci + h + 1) for ci, h in zip(c, half))].sum() / psf.sum()
+    flux = beads["intensity"][np.isfinite(beads["intensity"]) & (beads["intensity"] > 0)] / max(inside, 1e-3)
     return {"psf": np.asarray(psf, np.float32), "offset": offset, "ambient_level": glow,
-            "ambient_strength": strength, "read_noise": float(np.sqrt(read2)),
-            "density": max(len(beads) / vol_um3, 1e-4), "flux": median_flux,
-            "flux_spread": float(np.clip(spread, 0.05, 1.0))}
+            "ambient_strength": strength, "read_noise": float(read_noise),
+            "density": max(len(beads) / vol_um3, 1e-4),
+            "flux": float(np.median(flux)) if flux.size else 3000.0,
+            "flux_spread": float(np.clip(np.std(np.log(flux)), 0.05, 1.0)) if flux.size > 3 else 0.4}
 
 
 def adapt_refiner(refiner, volume, spacing, *, minutes, steps, pool, out, seed, psf, device, progress):
@@ -86,5 +91,4 @@ def adapt_refiner(refiner, volume, spacing, *, minutes, steps, pool, out, seed, 
     result = train(out, config=cfg, normalizer=normalizer_of(meta), ranges=ranges, prefix=prefix,
                    init=refiner._path(), device=device, progress=progress,
                    command=f"Refiner.adapt(minutes={minutes}, steps={steps}, pool={pool}, seed={seed})")
-    # widen the recorded spacing range to the user's own spacing
     return result.checkpoint

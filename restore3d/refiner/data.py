@@ -17,7 +17,8 @@ from ..psf import crop_psf
 from ..simulate import AmbientLight, simulate_beads
 from .normalize import Normalizer
 
-__all__ = ["SimulationRanges", "Pair", "make_pair", "make_pairs", "default_prefix", "random_patch"]
+__all__ = ["SimulationRanges", "Pair", "make_pair", "make_pairs", "default_prefix", "random_patch",
+           "target_blur", "apply_input_transform", "INPUT_TRANSFORMS", "lateral_fwhm"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,46 @@ class SimulationRanges:
         return d
 
 
+INPUT_TRANSFORMS = (None, "target_blur")
+
+
+def target_blur(volume: np.ndarray, spacing, fwhm_um: float) -> np.ndarray:
+    """Render a (near point-like) deconvolved volume at the target's resolution.
+
+    Richardson-Lucy recovers sparse beads as near-points, sharper than the
+    target laterally; convolving with the target's isotropic Gaussian
+    (``fwhm_um``, the PSF's lateral FWHM) gives the target's lateral shape
+    exactly, so the network is left with the part physics cannot do: the
+    remaining axial elongation and noise (benchmarks/RESULTS.md).
+    """
+    from scipy import ndimage
+
+    from .._profiles import FWHM_PER_SIGMA
+    if not np.isfinite(fwhm_um) or fwhm_um <= 0:
+        raise ValueError(f"target blur FWHM must be a positive number of micrometres, got {fwhm_um!r}")
+    sigma = [fwhm_um / FWHM_PER_SIGMA / s for s in spacing]
+    return ndimage.gaussian_filter(np.asarray(volume, np.float32), sigma, mode="reflect")
+
+
+def lateral_fwhm(psf, spacing) -> float:
+    """The PSF's lateral FWHM in micrometres (mean of y and x): the target's FWHM."""
+    from ..psf import fwhm
+    w = fwhm(psf, spacing)
+    return float(np.nanmean(w[1:]))
+
+
+def apply_input_transform(volume, spacing, transform, psf):
+    """The refiner's input from the preceding stages' output (see :data:`INPUT_TRANSFORMS`)."""
+    if transform is None:
+        return volume
+    if transform != "target_blur":
+        raise ValueError(f"unknown input transform {transform!r}; expected one of {INPUT_TRANSFORMS}")
+    if psf is None:
+        raise ValueError("this refiner renders its input at the target resolution and needs the PSF of the "
+                         "preceding stages: run it after EstimatePSF (or pass psf= to the run)")
+    return target_blur(volume, spacing, lateral_fwhm(psf, spacing))
+
+
 @dataclasses.dataclass
 class Pair:
     """One training volume: normalised input and target, and what made them."""
@@ -91,20 +132,23 @@ class Pair:
     truth: np.ndarray
 
 
-def make_pair(ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer, seed: int) -> Pair:
-    """Simulate one volume, run the preceding stages on it, normalise input and target alike."""
+def make_pair(ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer, seed: int,
+              input_transform: str | None = None) -> Pair:
+    """Simulate one volume, run the preceding stages on it, transform and normalise input and target alike."""
     rng = np.random.default_rng(seed)
     kwargs = ranges.sample(rng)
     sim = simulate_beads(**kwargs, seed=rng)
     if len(prefix):
         try:
-            inp = np.asarray(prefix.run(sim.raw, spacing=sim.spacing, seed=seed))
+            res = prefix.run(sim.raw, spacing=sim.spacing, seed=seed)
         except ValueError:
             # too few isolated beads to estimate a PSF: give the stages the true one
             psf = crop_psf(sim.psf, sim.raw.shape)
-            inp = np.asarray(prefix.run(sim.raw, spacing=sim.spacing, psf=psf, seed=seed))
+            res = prefix.run(sim.raw, spacing=sim.spacing, psf=psf, seed=seed)
+        inp = apply_input_transform(np.asarray(res), sim.spacing, input_transform,
+                                    res.psf if res.psf is not None else sim.psf)
     else:
-        inp = sim.raw
+        inp = apply_input_transform(sim.raw, sim.spacing, input_transform, sim.psf)
     off, scale = normalizer.stats(inp)
     return Pair(input=((inp - off) / scale).astype(np.float32),
                 target=(sim.target / scale).astype(np.float32),
@@ -112,10 +156,11 @@ def make_pair(ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer
 
 
 def make_pairs(n: int, ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer, *,
-               seed: int, progress: bool = False, desc: str = "simulating") -> list[Pair]:
+               seed: int, progress: bool = False, desc: str = "simulating",
+               input_transform: str | None = None) -> list[Pair]:
     """``n`` pairs from the seeds ``seed, seed + 1, ...``."""
     from tqdm.auto import tqdm
-    return [make_pair(ranges, prefix, normalizer, seed + i)
+    return [make_pair(ranges, prefix, normalizer, seed + i, input_transform)
             for i in tqdm(range(n), desc=desc, disable=not progress, leave=False)]
 
 

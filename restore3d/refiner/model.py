@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import numpy as np
 
@@ -101,14 +100,6 @@ def _torch_nn():
     import torch
     from torch import nn
     return torch, nn
-
-
-class _Lazy:
-    pass
-
-
-def __getattr__(name):  # pragma: no cover - module attribute hook
-    raise AttributeError(name)
 
 
 def _norm(nn, kind, channels):

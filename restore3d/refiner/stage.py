@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -97,20 +96,32 @@ class Refiner(Stage):
         return self._loaded()[1]
 
     def halo(self, spacing, psf) -> tuple[int, int, int]:
-        model, _ = self._loaded()
-        return model.config.receptive_halo()
+        model, meta = self._loaded()
+        halo = np.asarray(model.config.receptive_halo())
+        if meta.get("input_transform") == "target_blur" and psf is not None:
+            from .data import lateral_fwhm
+            sigma = lateral_fwhm(psf, spacing) / 2.3548 / np.asarray(spacing)
+            halo = halo + np.ceil(4 * sigma).astype(int)
+        return tuple(int(h) for h in halo)
 
     def alignment(self, spacing) -> tuple[int, int, int]:
         model, _ = self._loaded()
         return model.config.multiple
 
     # ------------------------------------------------------------------ running
-    def restore(self, volume: np.ndarray, spacing, *, device=None, progress: bool = False) -> np.ndarray:
-        """Apply the network to a volume that already went through the preceding stages."""
+    def restore(self, volume: np.ndarray, spacing, *, psf=None, device=None, progress: bool = False) -> np.ndarray:
+        """Apply the network to a volume that already went through the preceding stages.
+
+        ``psf``: the PSF those stages used (needed by refiners whose input is
+        rendered at the target resolution, ``meta["input_transform"]``).
+        """
         from .checkpoint import normalizer_of
+        from .data import apply_input_transform
         from .inference import predict
         model, meta = self._loaded()
-        return predict(model, as_volume(volume), as_spacing(spacing), normalizer=normalizer_of(meta),
+        spacing = as_spacing(spacing)
+        volume = apply_input_transform(as_volume(volume), spacing, meta.get("input_transform"), psf)
+        return predict(model, volume, spacing, normalizer=normalizer_of(meta),
                        spacing_range=meta.get("spacing_range"), device=device or self.device,
                        tile_shape=self.tile_shape, max_voxels=self.max_voxels, progress=progress,
                        stats=None if self.intensity is None else tuple(self.intensity),
@@ -119,7 +130,9 @@ class Refiner(Stage):
     def freeze(self, sample, ctx):
         """Measure the intensity normalisation once on the sample, for all chunks."""
         from .checkpoint import normalizer_of
+        from .data import apply_input_transform
         _, meta = self._loaded()
+        sample = apply_input_transform(sample, ctx.spacing, meta.get("input_transform"), ctx.psf)
         stats = normalizer_of(meta).stats(sample)
         return Refiner(self.weights, device=self.device, tile_shape=self.tile_shape,
                        max_voxels=self.max_voxels, intensity=[float(stats[0]), float(stats[1])],
@@ -133,7 +146,8 @@ class Refiner(Stage):
             ctx.logger.warning("the refiner was trained after the stages %s but this run had %s before it; "
                                "its output may not be reliable", expected or "none", ran or "none")
         t0 = time.perf_counter()
-        out = self.restore(volume, ctx.spacing, device=self.device or ctx.device, progress=ctx.progress)
+        out = self.restore(volume, ctx.spacing, psf=ctx.psf, device=self.device or ctx.device,
+                           progress=ctx.progress)
         ctx.info["refiner"] = {"weights": str(self._path()), "sha256": meta.get("sha256"),
                                "seconds": time.perf_counter() - t0}
         return out

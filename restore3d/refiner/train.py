@@ -71,7 +71,7 @@ class TrainConfig:
     epoch_steps: int = 100
     patience: int = 4
     loss: str = "imbalanced"
-    loss_params: dict = dataclasses.field(default_factory=lambda: {"weight": 10.0, "tau": 0.1})
+    loss_params: dict = dataclasses.field(default_factory=lambda: {"weight": 100.0, "tau": 0.1})
     seed: int = 0
     time_limit: float | None = None
     precision: str = "auto"
@@ -130,7 +130,7 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
           normalizer: Normalizer | None = None, ranges: SimulationRanges = SimulationRanges(),
           prefix: Pipeline | None = None, init=None, resume: bool = False, device=None,
           threads: int | None = None, progress: bool = True, command: str | None = None,
-          pairs: list[Pair] | None = None) -> TrainResult:
+          pairs: list[Pair] | None = None, input_transform="auto") -> TrainResult:
     """Train (or fine-tune) a refiner and write its checkpoint ``out.pt`` / ``out.json``.
 
     Parameters
@@ -160,7 +160,13 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     command : str, optional
         The command line that launched training, recorded in the JSON.
     pairs : list of Pair, optional
-        Pre-made training pairs (skips generating the pool).
+        Pre-made training pairs (skips generating the pool); they must have
+        been made with the same ``input_transform``.
+    input_transform : "auto", None or "target_blur"
+        How the preceding stages' output becomes the network input
+        (:func:`restore3d.refiner.data.apply_input_transform`); "auto" is
+        "target_blur" after classical stages, None for raw input. Kept by
+        ``init`` when fine-tuning.
 
     Returns
     -------
@@ -174,6 +180,11 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     prefix = default_prefix() if prefix is None else prefix
     if normalizer is None:
         normalizer = Normalizer(offset="zero" if len(prefix) else "median")
+    if init is not None:
+        from .checkpoint import read_meta
+        input_transform = read_meta(init).get("input_transform")
+    elif input_transform == "auto":
+        input_transform = "target_blur" if len(prefix) else None
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -181,9 +192,9 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     t0 = time.perf_counter()
     if pairs is None:
         pairs = make_pairs(config.pool, ranges, prefix, normalizer, seed=config.seed * 100_000,
-                           progress=progress, desc="training volumes")
+                           progress=progress, desc="training volumes", input_transform=input_transform)
     val_pairs = make_pairs(config.validation, ranges, prefix, normalizer, seed=_VAL_SEED + config.seed,
-                           progress=progress, desc="validation volumes")
+                           progress=progress, desc="validation volumes", input_transform=input_transform)
     pool_seconds = time.perf_counter() - t0
 
     if init is not None:
@@ -211,6 +222,7 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
         rng.bit_generator.state = json.loads(st["numpy_rng"])
         log.info("resuming from step %d", start_step)
     meta = {
+        "input_transform": input_transform,
         "normalization": normalizer.to_dict(),
         "prefix": prefix.to_dict(),
         "spacing_range": {"dz": list(ranges.dz), "dxy": list(ranges.dxy)},
