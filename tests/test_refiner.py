@@ -289,3 +289,18 @@ def test_target_blur_input_transform():
     assert apply_input_transform(vol, SP, None, None) is vol
     with pytest.raises(ValueError, match="needs the PSF of the preceding stages"):
         apply_input_transform(vol, SP, "target_blur", None)
+
+
+def test_refiner_warns_when_its_preceding_stages_differ(caplog):
+    """A given PSF stands in for EstimatePSF; a missing RL stage is reported."""
+    import restore3d as r3
+    from restore3d.psf import widefield_psf
+    psf = widefield_psf(SP, shape=(9, 17, 17))
+    vol = np.random.default_rng(0).poisson(5.0, (16, 48, 48)).astype(np.float32)
+    ok = r3.Pipeline([r3.SubtractBackground(), r3.RichardsonLucy(iterations=2), r3.Refiner.pretrained()])
+    caplog.clear()
+    ok.run(vol, spacing=SP, psf=psf)
+    assert "trained after" not in caplog.text
+    bad = r3.Pipeline([r3.SubtractBackground(), r3.Refiner.pretrained()])
+    bad.run(vol, spacing=SP, psf=psf)
+    assert "trained after" in caplog.text

@@ -142,6 +142,9 @@ class Refiner(Stage):
         _, meta = self._loaded()
         expected = [s["stage"] for s in meta.get("prefix", {}).get("steps", []) if s["stage"] != "passthrough"]
         ran = ctx.info.get("history", [])
+        if ctx.psf is not None:  # a PSF given by the user stands in for EstimatePSF
+            expected = [s for s in expected if s != "EstimatePSF"]
+            ran = [s for s in ran if s != "EstimatePSF"]
         if expected != ran:
             ctx.logger.warning("the refiner was trained after the stages %s but this run had %s before it; "
                                "its output may not be reliable", expected or "none", ran or "none")

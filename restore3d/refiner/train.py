@@ -174,6 +174,7 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     """
     import torch
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
