@@ -319,8 +319,10 @@ def prepare_psf(measured: np.ndarray, *, shape: Sequence[int] | None = None,
         level = float(np.median(arr))
     elif background == "none":
         level = 0.0
-    else:
+    elif isinstance(background, (int, float, np.number)):
         level = float(background)
+    else:
+        raise ValueError(f"background={background!r} is not understood; use 'auto', 'none' or a level in counts")
     arr = np.clip(arr - level, 0, None)
     if arr.max() <= 0:
         raise ValueError("measured PSF has nothing above its background level")

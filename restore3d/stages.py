@@ -244,10 +244,11 @@ class RichardsonLucy(Stage):
 
     def halo(self, spacing, psf):
         # Iterations spread information beyond one PSF, but with the start level and
-        # the Biggs-Andrews weights frozen (freeze) the chunked result matched the
-        # whole one to 1e-3 of the maximum with one PSF half-size of context and
-        # 1e-5 with three (benchmarks/RESULTS.md, chunking): one half-size, plus
-        # the grid rounding of the other stages, keeps seams far below 1 %.
+        # the Biggs-Andrews weights frozen (freeze) a 16-pixel lateral halo already
+        # kept the chunked result within 0.1 % of the whole one's maximum, and 32
+        # pixels or the automatic halo within 0.05 % (benchmarks/RESULTS.md,
+        # section 6): one PSF half-size, plus the grid rounding of the other
+        # stages, keeps seams far below the 1 % target.
         return _psf_halo(psf if self.psf is None else np.asarray(self.psf), 1.0)
 
 

@@ -75,3 +75,9 @@ def test_prepare_measured_psf():
     assert p.shape == (11, 15, 15) and p.sum() == pytest.approx(1.0, abs=1e-5)
     assert np.unravel_index(p.argmax(), p.shape) == (5, 7, 7)
     np.testing.assert_allclose(fwhm(p, SP), [0.9, 0.3, 0.3], rtol=1e-3)
+    with pytest.raises(ValueError, match="not understood"):
+        prepare_psf(stack, background="median")
+    with pytest.raises(ValueError, match="nothing above"):
+        prepare_psf(np.full((9, 9, 9), 5.0))
+    with pytest.raises(ValueError, match="must be 3D"):
+        prepare_psf(np.ones((9, 9)))
