@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -272,8 +273,10 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
         w = np.clip(fluxes, 0, None)[:, None, None, None] * np.isfinite(boxes)
         vals = np.nan_to_num(boxes)
         if len(boxes) >= 5:  # winsorise per voxel: robust to a bead with a hidden neighbour
-            lo = np.nanpercentile(boxes, 10, axis=0)
-            hi = np.nanpercentile(boxes, 90, axis=0)
+            with warnings.catch_warnings():  # voxels outside every box are all-NaN: zero weight below
+                warnings.simplefilter("ignore", RuntimeWarning)
+                lo = np.nanpercentile(boxes, 10, axis=0)
+                hi = np.nanpercentile(boxes, 90, axis=0)
             vals = np.clip(vals, np.nan_to_num(lo), np.nan_to_num(hi))
         wsum = w.sum(0)
         return np.where(wsum > 0, (vals * w).sum(0) / np.maximum(wsum, 1e-30), 0.0)
@@ -295,11 +298,15 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
         centres = centres + shifts
         boxes, fluxes = gather(centres)
         # beads far from the consensus shape are outliers (a hidden neighbour, a doublet)
-        resid = np.array([np.nanmean((b - avg) ** 2) for b in boxes])
-        if len(boxes) >= 5:
-            med = np.median(resid)
-            mad = 1.4826 * np.median(np.abs(resid - med)) + 1e-30
-            ok = resid <= med + 5 * mad
+        with warnings.catch_warnings():  # a box with no positive flux is all-NaN: its residual is NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            resid = np.array([np.nanmean((b - avg) ** 2) for b in boxes])
+        ok = np.isfinite(resid) & (fluxes > 0)  # a bead shifted onto nothing is dropped
+        if ok.sum() >= 5:
+            med = np.median(resid[ok])
+            mad = 1.4826 * np.median(np.abs(resid[ok] - med)) + 1e-30
+            ok &= resid <= med + 5 * mad
+        if ok.any() and not ok.all():
             rejected["outlier"] += int((~ok).sum())
             boxes, fluxes, centres, idx = boxes[ok], fluxes[ok], centres[ok], idx[ok]
         avg = average(boxes, fluxes)
