@@ -18,7 +18,7 @@ from ..simulate import AmbientLight, simulate_beads
 from .normalize import Normalizer
 
 __all__ = ["SimulationRanges", "Pair", "make_pair", "make_pairs", "default_prefix", "random_patch",
-           "target_blur", "apply_input_transform", "INPUT_TRANSFORMS", "lateral_fwhm"]
+           "target_blur", "target_blur_sigma", "apply_input_transform", "INPUT_TRANSFORMS", "lateral_fwhm"]
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,21 @@ def target_blur(volume: np.ndarray, spacing, fwhm_um: float) -> np.ndarray:
     remaining axial elongation and noise (benchmarks/RESULTS.md).
     """
     from scipy import ndimage
+    sigma = target_blur_sigma(spacing, fwhm_um)
+    return ndimage.gaussian_filter(np.asarray(volume, np.float32), sigma, mode="reflect",
+                                   truncate=TARGET_BLUR_TRUNCATE)
 
+
+#: Gaussian support of :func:`target_blur` in sigmas (also the refiner's extra halo).
+TARGET_BLUR_TRUNCATE = 4.0
+
+
+def target_blur_sigma(spacing, fwhm_um: float) -> np.ndarray:
+    """Per-axis sigma in voxels (z, y, x) of the isotropic Gaussian of FWHM ``fwhm_um`` micrometres."""
     from .._profiles import FWHM_PER_SIGMA
     if not np.isfinite(fwhm_um) or fwhm_um <= 0:
         raise ValueError(f"target blur FWHM must be a positive number of micrometres, got {fwhm_um!r}")
-    sigma = [fwhm_um / FWHM_PER_SIGMA / s for s in spacing]
-    return ndimage.gaussian_filter(np.asarray(volume, np.float32), sigma, mode="reflect")
+    return fwhm_um / FWHM_PER_SIGMA / np.asarray(spacing, float)
 
 
 def lateral_fwhm(psf, spacing) -> float:

@@ -1,8 +1,9 @@
 """Training losses for the refiner (torch tensors of shape (N, 1, Z, Y, X)).
 
 ``imbalanced_loss`` is the original project's loss: with the beads filling a
-tiny fraction of the volume, a plain L1 or MSE is minimised by a black
-output; weighting the bead voxels ``M`` times keeps them in play.
+tiny fraction of the volume, a plain L1 is minimised by a black output
+(the ablation's M = 1 collapses to it) and a plain MSE drops faint beads;
+weighting the bead voxels ``M`` times keeps them in play.
 """
 from __future__ import annotations
 
@@ -13,25 +14,18 @@ def _per_sample_max(t):
     return t.flatten(1).max(dim=1).values.view(-1, *([1] * (t.dim() - 1)))
 
 
-def imbalanced_loss(pred, target, *, tau: float = 0.1, weight: float = 100.0, symmetric: bool = False):
+def imbalanced_loss(pred, target, *, tau: float = 0.1, weight: float = 100.0):
     """Weighted L1: ``mean(|target - pred| * w)`` with ``w = weight`` where ``target >= tau * max(target)``, else 1.
 
     The maximum is taken per sample. The original project used
     ``tau = 0.1, weight = 1000``. Our default ``weight = 100`` won the loss
-    ablation (benchmarks/RESULTS.md): with 1 (plain L1) and with MSE the
-    network collapsed to a black output, with 10 it learned the shapes more
-    slowly, with 1000 it left background and lost accuracy.
-
-    With ``symmetric`` the weight also applies where the *prediction* is at
-    or above the threshold: bright voxels the target does not have (the
-    axial tails of an elongated bead, false beads) then cost as much as
-    missing ones.
+    ablation (benchmarks/RESULTS.md, section 3, same budget for every
+    variant): with 1 (plain L1) the network collapsed to a black output,
+    with 10 the beads stayed longer and the NRMSE higher, with 1000 it left
+    background around the beads; plain MSE lost faint beads.
     """
     thr = tau * _per_sample_max(target)
-    fg = target >= thr
-    if symmetric:
-        fg = fg | (pred.detach() >= thr)
-    w = 1.0 + (weight - 1.0) * fg.to(pred.dtype)
+    w = 1.0 + (weight - 1.0) * (target >= thr).to(pred.dtype)
     return ((target - pred).abs() * w).mean()
 
 
@@ -45,11 +39,9 @@ def mse_loss(pred, target):
     return ((target - pred) ** 2).mean()
 
 
-def combined_loss(pred, target, *, tau: float = 0.1, weight: float = 100.0, mse_weight: float = 1.0,
-                  symmetric: bool = False):
+def combined_loss(pred, target, *, tau: float = 0.1, weight: float = 100.0, mse_weight: float = 1.0):
     """Imbalanced L1 plus ``mse_weight`` times the MSE (the MSE term punishes bright false beads)."""
-    return (imbalanced_loss(pred, target, tau=tau, weight=weight, symmetric=symmetric)
-            + mse_weight * mse_loss(pred, target))
+    return imbalanced_loss(pred, target, tau=tau, weight=weight) + mse_weight * mse_loss(pred, target)
 
 
 LOSSES = {"imbalanced": imbalanced_loss, "l1": l1_loss, "mse": mse_loss, "combined": combined_loss}

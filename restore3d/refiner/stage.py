@@ -99,9 +99,9 @@ class Refiner(Stage):
         model, meta = self._loaded()
         halo = np.asarray(model.config.receptive_halo())
         if meta.get("input_transform") == "target_blur" and psf is not None:
-            from .data import lateral_fwhm
-            sigma = lateral_fwhm(psf, spacing) / 2.3548 / np.asarray(spacing)
-            halo = halo + np.ceil(4 * sigma).astype(int)
+            from .data import TARGET_BLUR_TRUNCATE, lateral_fwhm, target_blur_sigma
+            sigma = target_blur_sigma(spacing, lateral_fwhm(psf, spacing))
+            halo = halo + np.ceil(TARGET_BLUR_TRUNCATE * sigma).astype(int)
         return tuple(int(h) for h in halo)
 
     def alignment(self, spacing) -> tuple[int, int, int]:
