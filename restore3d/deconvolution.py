@@ -134,7 +134,6 @@ class _Model:
         self.d_slice = tuple(slice(e, e + n) for e, n in zip(ext, self.shape))
         padded = np.zeros(grid, np.float32)
         # place the PSF with its centre voxel at the origin (wrapped)
-        pz, py, px = [min(p, g) for p, g in zip(P, grid)]
         cz, cy, cx = [p // 2 for p in P]
         idx = [(np.arange(p) - c) % g for p, c, g in zip(P, (cz, cy, cx), grid)]
         padded[np.ix_(*idx)] += psf
@@ -371,10 +370,8 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
     with _threads(threads), torch.no_grad():
         model = _Model(vol.shape, h, boundary=boundary, extend=extend, device=dev,
                        backprojector=backprojector)
-        y = model.embed(torch.from_numpy(vol).to(dev))
-        y_d = y[model.d_slice]
+        y_vol = torch.from_numpy(vol).to(dev)
         b = _as_background(background, vol.shape, dev)
-        b_grid = model.embed(b) if not isinstance(b, float) else b
         # Bertero-Boccacci normalisation H^T 1_D (or 1 where the model is plain)
         if boundary == "zero":
             inv_w = model.ones_d.clone()
@@ -398,32 +395,35 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         spacing_ratio = (np.asarray(spacing) / min(spacing)).tolist() if spacing is not None else [1.0] * 3
         # floor of the model: FFT round-off can make it 0 or slightly negative
         eps = 1e-6 * max(float(vol.max()), 1e-12)
-        # Preallocated buffers (a fresh 16 MB tensor costs more than the
-        # arithmetic on it): `est` is where the model is evaluated, `x_new`
-        # receives the RL update, `x_prev` keeps the last update for the
-        # Biggs-Andrews extrapolation, `mu` holds the model, then the ratio.
+        # The data y and the background b live on D only, and so does the
+        # ratio y / mu (zero outside D): clamping and dividing on D alone
+        # halves those passes. `ratio` is preallocated with its zero frame;
+        # the FFTs return fresh tensors (faster than writing through `out=`,
+        # which copies). `x_prev` keeps the last RL update for the
+        # Biggs-Andrews extrapolation; the last two changes `g` sit in one
+        # (2, N) buffer so both correlations come from one matrix-vector pass.
+        ratio = torch.zeros_like(x)
+        ratio_d = ratio[model.d_slice]
         est = x
-        mu = torch.empty_like(x)
-        x_new = torch.empty_like(x)
         x_prev = None
         biggs = acceleration == "biggs"
         if biggs:
-            g, g_prev = torch.empty_like(x), torch.empty_like(x)
+            gbuf = torch.zeros((2, x.numel()), dtype=x.dtype, device=dev)
+            slot = 0
         g_prev_norm2 = None
         start = time.perf_counter()
         bar = _progress(iterations, progress, "Richardson-Lucy")
         for k in range(int(iterations)):
-            model.forward(est, out=mu)
-            if isinstance(b_grid, float):
-                if b_grid:
-                    mu.add_(b_grid)
-            else:
-                mu.add_(b_grid)
-            mu.clamp_(min=eps)
+            mu = model.forward(est)
+            mu_d = mu[model.d_slice]
+            if not isinstance(b, float) or b:
+                mu_d.add_(b)
+            mu_d.clamp_(min=eps)
             if stop_tol is not None or monitor:
-                info.i_divergence.append(_i_div(y_d, mu[model.d_slice]))
-            torch.div(y, mu, out=mu)  # the ratio y / mu; zero outside D, where y is zero
-            model.back(mu, out=x_new)
+                info.i_divergence.append(_i_div(y_vol, mu_d))
+            torch.div(y_vol, mu_d, out=ratio_d)
+            del mu, mu_d
+            x_new = model.back(ratio)
             x_new.mul_(inv_w).mul_(est)
             if tv > 0:
                 x_new.mul_(_tv_factor(est, tv, spacing_ratio))
@@ -433,25 +433,27 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
                 if model_total > 0 and rescale[1] > 0:
                     x_new.mul_(rescale[1] / model_total)
             if biggs:
-                torch.sub(x_new, est, out=g)
-                gf = g.view(-1)
+                g = gbuf[slot]
+                torch.sub(x_new.view(-1), est.view(-1), out=g)
                 alpha = 0.0
                 if alphas is not None:
                     alpha = float(alphas[k]) if k < len(alphas) else 0.0
-                elif g_prev_norm2 is not None:
-                    alpha = float(torch.dot(gf, g_prev.view(-1))) / (g_prev_norm2 + 1e-30)
-                    alpha = min(max(alpha, 0.0), 0.99)
-                if alphas is None:
-                    g_prev_norm2 = float(torch.dot(gf, gf))
+                else:
+                    dots = torch.mv(gbuf, g)  # <g, g> and <g, g_prev> in one pass
+                    g_norm2, g_cross = float(dots[slot]), float(dots[1 - slot])
+                    if g_prev_norm2 is not None:
+                        alpha = g_cross / (g_prev_norm2 + 1e-30)
+                        alpha = min(max(alpha, 0.0), 0.99)
+                    g_prev_norm2 = g_norm2
                 info.alphas.append(alpha)
-                g, g_prev = g_prev, g
+                slot = 1 - slot
                 if x_prev is None or alpha == 0.0:
                     est.copy_(x_new)
                 else:  # est = x_new + alpha (x_new - x_prev) in one pass, clipped at 0
                     torch.lerp(x_prev, x_new, 1.0 + alpha, out=est).clamp_(min=0)
-                x_prev, x_new = x_new, (x_prev if x_prev is not None else torch.empty_like(x))
+                x_prev = x_new
             else:
-                est, x_new = x_new, est
+                est = x_new
                 x_prev = est
             info.iterations = k + 1
             if callback is not None:
