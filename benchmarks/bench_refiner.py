@@ -102,6 +102,8 @@ def cmd_ablation(args):
                 ("imbalanced M=10", "imbalanced", {"weight": 10.0, "tau": 0.1}, False),
                 ("imbalanced M=100", "imbalanced", {"weight": 100.0, "tau": 0.1}, False),
                 ("imbalanced M=1000 (original)", "imbalanced", {"weight": 1000.0, "tau": 0.1}, False),
+                ("imbalanced M=100 tau=0.01", "imbalanced", {"weight": 100.0, "tau": 0.01}, False),
+                ("imbalanced M=100 dilate=1", "imbalanced", {"weight": 100.0, "tau": 0.1, "dilate": 1}, False),
                 ("MSE", "mse", {}, False),
                 ("combined (M=10 + MSE)", "combined", {"weight": 10.0, "tau": 0.1, "mse_weight": 1.0}, False),
                 ("original approach: raw input, M=1000", "imbalanced", {"weight": 1000.0, "tau": 0.1}, True),

@@ -277,7 +277,8 @@ def cmd_train(args):
         return 0
     if out.with_suffix(".json").exists() and not (args.overwrite or args.resume):
         raise UserError(f"{out.with_suffix('.json')} exists; pass --overwrite to replace it or --resume")
-    params = {"weight": args.weight, "tau": args.tau} if args.loss in ("imbalanced", "combined") else {}
+    params = ({"weight": args.weight, "tau": args.tau, "dilate": args.dilate}
+              if args.loss in ("imbalanced", "combined") else {})
     cfg = TrainConfig(steps=args.steps or 1500, batch=args.batch, pool=args.pool, loss=args.loss,
                       loss_params=params, seed=args.seed, lr=args.lr, validation=args.validation,
                       time_limit=None if args.minutes is None else 60.0 * args.minutes)
@@ -418,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", type=int, default=6, help="fixed validation volumes")
     p.add_argument("--loss", choices=("imbalanced", "l1", "mse", "combined"), default="imbalanced")
     p.add_argument("--weight", type=float, default=100.0, help="imbalanced loss weight M (100: best in the ablation)")
-    p.add_argument("--tau", type=float, default=0.1, help="imbalanced loss threshold (fraction of max)")
+    p.add_argument("--tau", type=float, default=0.01,
+                   help="imbalanced loss threshold (fraction of max; 0.01: best in the ablation)")
+    p.add_argument("--dilate", type=int, default=0, help="imbalanced loss: grow the weighted bead voxels by N voxels")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--raw", action="store_true", help="train on raw volumes (no classical stages)")
     p.add_argument("--init", default=None, help="checkpoint to start from")

@@ -34,8 +34,10 @@ def test_losses_hand_computed():
     assert float(mse_loss(p, t)) == pytest.approx((0.01 + 0.0025 + 0.04 + 0.16) / 4)
     assert float(imbalanced_loss(p, t, tau=0.1, weight=1000)) == pytest.approx((0.1 + 0.05 + 200 + 400) / 4)
     assert float(imbalanced_loss(p, t, tau=0.6, weight=10)) == pytest.approx((0.1 + 0.05 + 0.2 + 4.0) / 4)
-    assert float(combined_loss(p, t, weight=10, mse_weight=2.0)) == pytest.approx(
+    assert float(combined_loss(p, t, tau=0.1, weight=10, mse_weight=2.0)) == pytest.approx(
         (0.1 + 0.05 + 2 + 4) / 4 + 2 * (0.01 + 0.0025 + 0.04 + 0.16) / 4)
+    # the default threshold tau = 0.01 also weights the 0.05 voxel
+    assert float(imbalanced_loss(p, t, weight=10)) == pytest.approx((0.1 + 0.5 + 2 + 4) / 4)
     with pytest.raises(ValueError, match="unknown loss 'l3'"):
         make_loss("l3")
 
@@ -48,6 +50,22 @@ def test_imbalanced_threshold_per_sample():
     p = torch.zeros_like(t)
     # both samples: the peak voxel is foreground (weight 5), the other is background
     assert float(imbalanced_loss(p, t, weight=5)) == pytest.approx((5 * 1 + 5 * 100) / 4)
+
+
+def test_imbalanced_dilation_weights_the_neighbours():
+    """dilate=1 gives the voxels next to a bead core the bead weight; farther ones keep weight 1 (tau = 0.1)."""
+    t = torch.zeros(1, 1, 5, 1, 1)
+    t[0, 0, 2] = 1.0       # bead core
+    t[0, 0, 1] = 0.02      # plane above: below tau, next to the core
+    p = torch.zeros_like(t)
+    p[0, 0, 3] = 0.1       # plane below: an error next to the core
+    p[0, 0, 0] = 0.3       # two planes away: not a neighbour
+    # errors: 0.3 (w 1), 0.02 (w M), 1.0 (w M), 0.1 (w M), 0 -> mean over 5 voxels
+    assert float(imbalanced_loss(p, t, tau=0.1, weight=10)) == pytest.approx((0.3 + 0.02 + 10 * 1.0 + 0.1) / 5)
+    assert float(imbalanced_loss(p, t, tau=0.1, weight=10, dilate=1)) == pytest.approx(
+        (0.3 + 10 * 0.02 + 10 * 1.0 + 10 * 0.1) / 5)
+    with pytest.raises(ValueError, match="dilate must be a whole number"):
+        imbalanced_loss(p, t, dilate=-1)
 
 
 # ------------------------------------------------------------------ model
@@ -208,6 +226,10 @@ def test_training_is_deterministic_and_resumes(tmp_path, tiny_pairs):
     assert [r["val_loss"] for r in c.log] == [r["val_loss"] for r in a.log]
     for va, vc in zip(ma.state_dict().values(), mc.state_dict().values()):
         assert torch.equal(va, vc)
+    # the resumed run's log continues the first half's; a fresh run over an old one starts a new log
+    assert (tmp_path / "c.log.jsonl").read_text().count("\n") == 2
+    train(tmp_path / "b", config=half, **kw)
+    assert (tmp_path / "b.log.jsonl").read_text().count("\n") == 1
 
 
 def test_measure_microscope_reads_light_and_beads():

@@ -52,7 +52,7 @@ class TrainConfig:
     loss : str
         ``"imbalanced"``, ``"l1"``, ``"mse"`` or ``"combined"``.
     loss_params : dict
-        E.g. ``{"weight": 100, "tau": 0.1}``.
+        E.g. ``{"weight": 100, "tau": 0.01}`` (the default; also ``dilate``).
     seed : int
     time_limit : float or None
         Stop after this many seconds of training (pool generation excluded).
@@ -71,7 +71,7 @@ class TrainConfig:
     epoch_steps: int = 100
     patience: int = 4
     loss: str = "imbalanced"
-    loss_params: dict = dataclasses.field(default_factory=lambda: {"weight": 100.0, "tau": 0.1})
+    loss_params: dict = dataclasses.field(default_factory=lambda: {"weight": 100.0, "tau": 0.01})
     seed: int = 0
     time_limit: float | None = None
     precision: str = "auto"
@@ -222,6 +222,8 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
         torch.set_rng_state(st["torch_rng"])
         rng.bit_generator.state = json.loads(st["numpy_rng"])
         log.info("resuming from step %d", start_step)
+    elif log_path.exists():
+        log_path.unlink()  # a fresh run over an old checkpoint: its log starts anew
     meta = {
         "input_transform": input_transform,
         "normalization": normalizer.to_dict(),
