@@ -407,7 +407,7 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         est = x
         x_prev = None
         biggs = acceleration == "biggs"
-        if biggs:
+        if biggs and alphas is None:  # replayed weights need no correlations
             gbuf = torch.zeros((2, x.numel()), dtype=x.dtype, device=dev)
             slot = 0
         g_prev_norm2 = None
@@ -433,20 +433,19 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
                 if model_total > 0 and rescale[1] > 0:
                     x_new.mul_(rescale[1] / model_total)
             if biggs:
-                g = gbuf[slot]
-                torch.sub(x_new.view(-1), est.view(-1), out=g)
-                alpha = 0.0
                 if alphas is not None:
                     alpha = float(alphas[k]) if k < len(alphas) else 0.0
                 else:
+                    g = gbuf[slot]
+                    torch.sub(x_new.view(-1), est.view(-1), out=g)
                     dots = torch.mv(gbuf, g)  # <g, g> and <g, g_prev> in one pass
                     g_norm2, g_cross = float(dots[slot]), float(dots[1 - slot])
+                    alpha = 0.0
                     if g_prev_norm2 is not None:
-                        alpha = g_cross / (g_prev_norm2 + 1e-30)
-                        alpha = min(max(alpha, 0.0), 0.99)
+                        alpha = min(max(g_cross / (g_prev_norm2 + 1e-30), 0.0), 0.99)
                     g_prev_norm2 = g_norm2
+                    slot = 1 - slot
                 info.alphas.append(alpha)
-                slot = 1 - slot
                 if x_prev is None or alpha == 0.0:
                     est.copy_(x_new)
                 else:  # est = x_new + alpha (x_new - x_prev) in one pass, clipped at 0
