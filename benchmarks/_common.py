@@ -46,3 +46,20 @@ def table(rows, columns):
 
 METRIC_COLUMNS = ["elongation", "background_residual", "nrmse", "nrmse_si", "ssim_si", "ap", "f1",
                   "rmse_lateral_um", "rmse_axial_um"]
+
+
+def simulation_ranges(specs):
+    """``SimulationRanges`` with fields overridden by ``NAME=LO,HI`` (or ``NAME=VALUE``) strings."""
+    import dataclasses
+
+    from restore3d.refiner.data import SimulationRanges
+    fields = {f.name: f for f in dataclasses.fields(SimulationRanges)}
+    kw = {}
+    for spec in specs or []:
+        name, _, value = spec.partition("=")
+        if name not in fields or name in ("psf", "shape") or not value:
+            raise SystemExit(f"--range expects NAME=LO,HI with NAME one of "
+                             f"{sorted(set(fields) - {'psf', 'shape'})}, got {spec!r}")
+        vals = tuple(float(v) for v in value.split(","))
+        kw[name] = vals[0] if len(vals) == 1 else vals
+    return SimulationRanges(**kw)

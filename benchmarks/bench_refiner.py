@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_refiner.py ablation --steps 300 --pool 80 --work /tmp/r3-ablation
-    python benchmarks/bench_refiner.py acceptance [--weights restore3d/refiner/weights/default.json]
+    python benchmarks/bench_refiner.py acceptance [--weights restore3d/refiner/weights/default.json] [--true-psf]
     python benchmarks/bench_refiner.py adapt --minutes 3
 
 Every variant of an ablation is trained with the same recipe and budget
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import machine, table
+from _common import machine, simulation_ranges, table
 from restore3d import metrics
 from restore3d.pipeline import Pipeline
 from restore3d.refiner import Refiner
-from restore3d.refiner.data import SimulationRanges, default_prefix, make_pairs
+from restore3d.refiner.data import default_prefix, make_pairs
 from restore3d.refiner.normalize import Normalizer
 from restore3d.refiner.train import TrainConfig, train
 from restore3d.simulate import simulate_beads
@@ -55,13 +55,16 @@ def eval_volumes(seed=7, shape=(32, 256, 256)):
     return vols
 
 
-def classical_output(classical, sim):
-    """The classical stages' output and PSF; if no bead is usable for the PSF, with the true PSF given."""
+def classical_output(classical, sim, true_psf=False):
+    """The classical stages' output and PSF; with the true PSF given if asked or if no bead is usable."""
+    from restore3d.psf import crop_psf
+    if true_psf:
+        res = classical.run(sim.raw, spacing=sim.spacing, psf=crop_psf(sim.psf, sim.raw.shape))
+        return np.asarray(res), res.psf
     try:
         res = classical.run(sim.raw, spacing=sim.spacing)
     except ValueError as exc:
         print(f"  (PSF estimation failed: {exc}; using the true PSF)", flush=True)
-        from restore3d.psf import crop_psf
         res = classical.run(sim.raw, spacing=sim.spacing, psf=crop_psf(sim.psf, sim.raw.shape))
     return np.asarray(res), res.psf
 
@@ -89,8 +92,8 @@ def cmd_ablation(args):
     work.mkdir(parents=True, exist_ok=True)
     sims = eval_volumes()
     classical = default_prefix()
-    t0 = time.perf_counter()
-    hybrid_pool = make_pairs(args.pool, SimulationRanges(), classical, Normalizer(), seed=0, progress=True,
+    ranges = simulation_ranges(args.range)
+    hybrid_pool = make_pairs(args.pool, ranges, classical, Normalizer(), seed=0, progress=True,
                              input_transform="target_blur")
     cls_inputs = [classical_output(classical, s) for _, s in sims]
     raw_inputs = [(s.raw, s.psf) for _, s in sims]
@@ -112,7 +115,7 @@ def cmd_ablation(args):
         variants = [v for v in variants if any(o in v[0] for o in args.only)]
     raw_pool = None
     if any(v[3] for v in variants):
-        raw_pool = make_pairs(args.pool, SimulationRanges(), Pipeline([]), Normalizer(offset="median"), seed=0,
+        raw_pool = make_pairs(args.pool, ranges, Pipeline([]), Normalizer(offset="median"), seed=0,
                               progress=True)
     summary = [mean_row(baseline, "background + RL (no refiner)")]
     detail = []
@@ -121,7 +124,7 @@ def cmd_ablation(args):
         cfg = TrainConfig(steps=args.steps, pool=args.pool, loss=loss, loss_params=params, seed=0,
                           epoch_steps=max(25, args.steps // 6), patience=10 ** 6, validation=4)
         t0 = time.perf_counter()
-        res = train(work / name, config=cfg, prefix=Pipeline([]) if raw else classical,
+        res = train(work / name, config=cfg, ranges=ranges, prefix=Pipeline([]) if raw else classical,
                     normalizer=Normalizer(offset="median") if raw else Normalizer(),
                     pairs=raw_pool if raw else hybrid_pool, progress=False,
                     input_transform=None if raw else "target_blur")
@@ -134,6 +137,8 @@ def cmd_ablation(args):
         summary.append(row)
         print(json.dumps(row), flush=True)
     print(f"\nmachine: {machine()}\n")
+    if args.range:
+        print(f"training simulation ranges overridden: {' '.join(args.range)}\n")
     print(f"## Loss ablation and the original approach ({args.steps} steps, pool {args.pool}, batch 4, "
           f"mean over 3 unseen optical settings)\n")
     print(table(summary, ["variant", "train seconds"] + KEYS))
@@ -151,7 +156,7 @@ def cmd_acceptance(args):
     for name, sim in sims:
         raw_m = metrics.evaluate(sim.raw, target=sim.target, truth=sim.truth, spacing=sim.spacing)
         t0 = time.perf_counter()
-        cls, psf = classical_output(classical, sim)
+        cls, psf = classical_output(classical, sim, true_psf=args.true_psf)
         t_cls = time.perf_counter() - t0
         m_cls = metrics.evaluate(cls, target=sim.target, truth=sim.truth, spacing=sim.spacing)
         refiner.restore(cls[:, :64, :64], sim.spacing, psf=psf)  # warm-up
@@ -168,7 +173,8 @@ def cmd_acceptance(args):
         rows.append({"setting": name, "stages": "hybrid (+ refiner)", "seconds": t_cls + t_ref,
                      "refiner seconds": t_ref, "refiner s fp32": t_fp32, **{k: m[k] for k in KEYS},
                      "NRMSE drop": 1 - m["nrmse"] / m_cls["nrmse"]})
-    print(f"machine: {machine()}; weights {refiner._path()}; precision {refiner.precision}\n")
+    print(f"machine: {machine()}; weights {refiner._path()}; precision {refiner.precision}"
+          + ("; the true PSF given (no PSF estimation)" if args.true_psf else "") + "\n")
     from restore3d.refiner.precision import resolve_precision
     print(f"refiner precision 'auto' resolves to {resolve_precision('auto', 'cpu')} on this CPU\n")
     print(table(rows, ["setting", "stages", "seconds", "refiner seconds", "refiner s fp32"] + KEYS + ["NRMSE drop"]))
@@ -211,9 +217,13 @@ def main():
     a.add_argument("--work", default="/tmp/r3-ablation")
     a.add_argument("--only", nargs="*", default=None)
     a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--range", action="append", default=[], metavar="NAME=LO,HI",
+                   help="override a training simulation range (repeatable), e.g. --range depth=0,20")
     b = sub.add_parser("acceptance")
     b.add_argument("--weights", default=None)
     b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--true-psf", action="store_true",
+                   help="give the stages the true PSF instead of estimating it (what PSF estimation costs)")
     c = sub.add_parser("adapt")
     c.add_argument("--minutes", type=float, default=3.0)
     c.add_argument("--psf", default="../shared/data/llsm-psf/psf.tif")

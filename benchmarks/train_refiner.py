@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from restore3d.refiner.data import SimulationRanges
+from _common import simulation_ranges
 from restore3d.refiner.model import UNetConfig
 from restore3d.refiner.train import TrainConfig, train
 
@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--range", action="append", default=[], metavar="NAME=LO,HI",
+                    help="override a training simulation range (repeatable), e.g. --range depth=0,20")
     ap.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -46,7 +48,7 @@ def main():
                       time_limit=None if args.minutes is None else 60 * args.minutes)
     command = "python benchmarks/train_refiner.py " + " ".join(sys.argv[1:])
     t0 = time.perf_counter()
-    res = train(args.out, config=cfg, model_config=UNetConfig(), ranges=SimulationRanges(),
+    res = train(args.out, config=cfg, model_config=UNetConfig(), ranges=simulation_ranges(args.range),
                 threads=args.threads, command=command, progress=True)
     wall = time.perf_counter() - t0
     print(json.dumps({"command": command, "wall_seconds": round(wall, 1), "pool_seconds": round(res.pool_seconds, 1),

@@ -187,6 +187,22 @@ class _Model:
     def forward(self, x, out=None):
         return self.conv(x, self.otf, out)
 
+    def forward_d(self, x):
+        """The forward projection ``crop_D(h * x)``, computed on the data domain D only.
+
+        A pruned inverse FFT: after the inverse transform along z only D's
+        planes go on to the transform along y, and only D's rows to the real
+        transform along x, so the inverse does about the share of the work
+        that D fills of the grid (benchmarks/RESULTS.md, section 4).
+        """
+        torch = self.torch
+        if self.shape == self.grid:  # nothing to prune (periodic boundary)
+            return self.conv(x, self.otf)
+        dz, dy, dx = self.d_slice
+        a = torch.fft.ifft(torch.fft.rfftn(x).mul_(self.otf), dim=0)[dz]
+        a = torch.fft.ifft(a, dim=1)[:, dy]
+        return torch.fft.irfft(a, n=self.grid[2], dim=2)[:, :, dx]
+
     def back(self, r, out=None):
         return self.conv(r, self.botf, out)
 
@@ -311,7 +327,9 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         Record the I-divergence of every iteration in the info.
     backprojector : {"matched", "wiener_butterworth"}
         ``"wiener_butterworth"``: the unmatched back projector of Guo et al.
-        2020, which needs only a few iterations (use with ``acceleration="none"``).
+        2020, which needs only a few iterations (use with ``acceleration="none"``);
+        the object then stays on the volume (no extension: the unmatched
+        update is unstable there) and its total is rescaled to the data's.
     init : "mean", float or ndarray
         Initial estimate: a constant at the data's mean (default), a given
         constant, or a volume (of the extended-domain shape or of the volume's).
@@ -341,7 +359,8 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
 
     Notes
     -----
-    Each iteration costs four real FFTs of the padded grid plus about ten
+    Each iteration costs four real FFTs of the padded grid (the inverse of
+    the forward projection pruned to the volume) plus about ten
     element-wise passes. Flux is kept: at convergence the model's total
     equals the data's.
 
@@ -368,6 +387,11 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
     dev = _device(device)
     info = RLInfo()
     with _threads(threads), torch.no_grad():
+        if backprojector != "matched" and boundary == "extend":
+            # the unmatched update is unstable where few data voxels see the
+            # object: the estimate drained into the extension within a few
+            # iterations (benchmarks/RESULTS.md), so it stays on the volume
+            extend = (0, 0, 0)
         model = _Model(vol.shape, h, boundary=boundary, extend=extend, device=dev,
                        backprojector=backprojector)
         y_vol = torch.from_numpy(vol).to(dev)
@@ -378,7 +402,10 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         elif boundary == "periodic":
             inv_w = torch.ones(model.grid, dtype=torch.float32, device=dev)
         else:
-            w = model.back(model.ones_d)
+            # the data's sensitivity H^T 1_D, with the matched H^T also for an
+            # unmatched back projector: the Wiener-Butterworth filter applied
+            # to the box 1_D rings (-2..7), and its inverse is no weight
+            w = model.conv(model.ones_d, torch.conj(model.otf))
             inv_w = torch.where(w > _WEIGHT_FLOOR, 1.0 / w.clamp(min=_WEIGHT_FLOOR), torch.zeros_like(w))
             inv_w *= model.support
         x = _initial(init, vol, b, model, inv_w, dev)
@@ -396,7 +423,8 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         # floor of the model: FFT round-off can make it 0 or slightly negative
         eps = 1e-6 * max(float(vol.max()), 1e-12)
         # The data y and the background b live on D only, and so does the
-        # ratio y / mu (zero outside D): clamping and dividing on D alone
+        # ratio y / mu (zero outside D): the model is computed on D alone
+        # (a pruned inverse FFT), and clamping and dividing on D alone
         # halves those passes. `ratio` is preallocated with its zero frame;
         # the FFTs return fresh tensors (faster than writing through `out=`,
         # which copies). `x_prev` keeps the last RL update for the
@@ -414,15 +442,14 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         start = time.perf_counter()
         bar = _progress(iterations, progress, "Richardson-Lucy")
         for k in range(int(iterations)):
-            mu = model.forward(est)
-            mu_d = mu[model.d_slice]
+            mu_d = model.forward_d(est)
             if not isinstance(b, float) or b:
                 mu_d.add_(b)
             mu_d.clamp_(min=eps)
             if stop_tol is not None or monitor:
                 info.i_divergence.append(_i_div(y_vol, mu_d))
             torch.div(y_vol, mu_d, out=ratio_d)
-            del mu, mu_d
+            del mu_d
             x_new = model.back(ratio)
             x_new.mul_(inv_w).mul_(est)
             if tv > 0:

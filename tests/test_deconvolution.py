@@ -144,3 +144,37 @@ def test_blind_moves_a_wide_psf_towards_the_truth(points, psf):
     w = fwhm(h, SP)
     assert w[1] < 0.45 and w[0] < 1.4
     assert out.shape == blurred.shape and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("shape", [(13, 37, 41), (16, 40, 40)])
+def test_pruned_forward_model_is_the_convolution_on_the_data_domain(shape):
+    """The model RL divides by is crop_D(h * x), for odd sizes and an asymmetric PSF."""
+    import torch
+
+    from restore3d.deconvolution import _Model
+    rng = np.random.default_rng(0)
+    h = rng.random((5, 7, 9)).astype(np.float32)
+    h /= h.sum()
+    model = _Model(shape, h, boundary="extend", extend="auto", device=torch.device("cpu"))
+    ext = model.ext
+    x = np.zeros(model.grid, np.float32)
+    obj = rng.random(tuple(n + 2 * e for n, e in zip(shape, ext))).astype(np.float32)
+    x[tuple(slice(0, m) for m in obj.shape)] = obj
+    mu_d = model.forward_d(torch.from_numpy(x)).numpy()
+    expected = ndimage.convolve(obj.astype(np.float64), h.astype(np.float64), mode="constant")
+    expected = expected[tuple(slice(e, e + n) for e, n in zip(ext, shape))]
+    assert mu_d.shape == tuple(shape)
+    np.testing.assert_allclose(mu_d, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_wiener_butterworth_stays_on_the_volume_over_many_iterations():
+    """The unmatched back projector keeps the light in the volume (it once drained into the extension)."""
+    from restore3d.background import subtract_background
+    from restore3d.simulate import simulate_beads
+    sim = simulate_beads((24, 64, 64), SP, seed=1)
+    vol = subtract_background(sim.raw, sim.spacing)
+    for n in (3, 12):
+        out = richardson_lucy(vol, sim.psf, iterations=n, acceleration="none", backprojector="wiener_butterworth")
+        assert np.isfinite(out).all() and out.min() >= 0
+        assert 0.8 < out.sum() / vol.sum() < 2.0, n  # light from beads near the faces leaves D
+        assert out.max() > 2 * vol.max(), n
