@@ -314,7 +314,8 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         no normalisation (scikit-image's ``richardson_lucy``).
         ``"periodic"``: circular convolutions on the volume (fastest, wraps).
     extend : "auto" or (ez, ey, ex) ints
-        Extension in voxels for ``boundary="extend"``; "auto" is half the PSF.
+        Extension in voxels for ``boundary="extend"``; "auto" is half the PSF
+        (none with the Wiener-Butterworth back projector).
     tv : float
         Weight of total-variation regularisation (Dey et al. 2006), 0 = off;
         typical 0.001-0.01.
@@ -391,6 +392,9 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
             # the unmatched update is unstable where few data voxels see the
             # object: the estimate drained into the extension within a few
             # iterations (benchmarks/RESULTS.md), so it stays on the volume
+            if not (isinstance(extend, str) and extend == "auto") and np.any(np.asarray(extend) != 0):
+                log.warning("backprojector=%r keeps the object on the volume: extend=%r ignored",
+                            backprojector, extend)
             extend = (0, 0, 0)
         model = _Model(vol.shape, h, boundary=boundary, extend=extend, device=dev,
                        backprojector=backprojector)
