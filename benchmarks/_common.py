@@ -48,18 +48,23 @@ METRIC_COLUMNS = ["elongation", "background_residual", "nrmse", "nrmse_si", "ssi
                   "rmse_lateral_um", "rmse_axial_um"]
 
 
+def add_range_option(parser):
+    """The ``--range NAME=LO,HI`` option read by :func:`simulation_ranges`."""
+    parser.add_argument("--range", action="append", default=[], metavar="NAME=LO,HI",
+                        help="override a training simulation range (repeatable), e.g. --range depth=0,20")
+
+
 def simulation_ranges(specs):
     """``SimulationRanges`` with fields overridden by ``NAME=LO,HI`` (or ``NAME=VALUE``) strings."""
     import dataclasses
 
     from restore3d.refiner.data import SimulationRanges
-    fields = {f.name: f for f in dataclasses.fields(SimulationRanges)}
+    names = {f.name for f in dataclasses.fields(SimulationRanges)} - {"psf", "shape"}
     kw = {}
     for spec in specs or []:
         name, _, value = spec.partition("=")
-        if name not in fields or name in ("psf", "shape") or not value:
-            raise SystemExit(f"--range expects NAME=LO,HI with NAME one of "
-                             f"{sorted(set(fields) - {'psf', 'shape'})}, got {spec!r}")
+        if name not in names or not value:
+            raise SystemExit(f"--range expects NAME=LO,HI with NAME one of {sorted(names)}, got {spec!r}")
         vals = tuple(float(v) for v in value.split(","))
         kw[name] = vals[0] if len(vals) == 1 else vals
     return SimulationRanges(**kw)

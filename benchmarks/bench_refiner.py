@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import machine, simulation_ranges, table
+from _common import add_range_option, machine, simulation_ranges, table
 from restore3d import metrics
 from restore3d.pipeline import Pipeline
 from restore3d.refiner import Refiner
@@ -217,8 +217,7 @@ def main():
     a.add_argument("--work", default="/tmp/r3-ablation")
     a.add_argument("--only", nargs="*", default=None)
     a.add_argument("--threads", type=int, default=2)
-    a.add_argument("--range", action="append", default=[], metavar="NAME=LO,HI",
-                   help="override a training simulation range (repeatable), e.g. --range depth=0,20")
+    add_range_option(a)
     b = sub.add_parser("acceptance")
     b.add_argument("--weights", default=None)
     b.add_argument("--threads", type=int, default=2)

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from _common import simulation_ranges
+from _common import add_range_option, simulation_ranges
 from restore3d.refiner.model import UNetConfig
 from restore3d.refiner.train import TrainConfig, train
 
@@ -36,8 +36,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--range", action="append", default=[], metavar="NAME=LO,HI",
-                    help="override a training simulation range (repeatable), e.g. --range depth=0,20")
+    add_range_option(ap)
     ap.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

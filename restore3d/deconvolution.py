@@ -172,20 +172,13 @@ class _Model:
         out[self.d_slice] = data_d
         return out
 
-    def conv(self, x, otf, out=None):
-        """Circular convolution of ``x`` with the filter ``otf``; writes into ``out`` when given."""
+    def conv(self, x, otf):
+        """Circular convolution of ``x`` with the filter ``otf`` (a fresh tensor: faster than ``out=``, which copies)."""
         torch = self.torch
-        if out is None:
-            return torch.fft.irfftn(torch.fft.rfftn(x).mul_(otf), s=self.grid)
-        spec = getattr(self, "_spec", None)
-        if spec is None:
-            spec = self._spec = torch.empty(otf.shape, dtype=otf.dtype, device=self.device)
-        torch.fft.rfftn(x, out=spec)
-        spec.mul_(otf)
-        return torch.fft.irfftn(spec, s=self.grid, out=out)
+        return torch.fft.irfftn(torch.fft.rfftn(x).mul_(otf), s=self.grid)
 
-    def forward(self, x, out=None):
-        return self.conv(x, self.otf, out)
+    def forward(self, x):
+        return self.conv(x, self.otf)
 
     def forward_d(self, x):
         """The forward projection ``crop_D(h * x)``, computed on the data domain D only.
@@ -203,8 +196,16 @@ class _Model:
         a = torch.fft.ifft(a, dim=1)[:, dy]
         return torch.fft.irfft(a, n=self.grid[2], dim=2)[:, :, dx]
 
-    def back(self, r, out=None):
-        return self.conv(r, self.botf, out)
+    def back(self, r):
+        return self.conv(r, self.botf)
+
+    def sensitivity(self):
+        """``H^T 1_D`` with the matched ``H^T``: how much of each object voxel's light reaches the data.
+
+        Also for an unmatched back projector: the Wiener-Butterworth filter
+        applied to the box ``1_D`` rings (-2..7) and is no weight.
+        """
+        return self.conv(self.ones_d, self.torch.conj(self.otf))
 
 
 def _cutoffs(otf_abs: np.ndarray, grid, fraction: float):
@@ -401,16 +402,13 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         y_vol = torch.from_numpy(vol).to(dev)
         b = _as_background(background, vol.shape, dev)
         # Bertero-Boccacci normalisation H^T 1_D (or 1 where the model is plain)
+        sens = model.sensitivity() if boundary == "extend" or backprojector != "matched" else None
         if boundary == "zero":
             inv_w = model.ones_d.clone()
         elif boundary == "periodic":
             inv_w = torch.ones(model.grid, dtype=torch.float32, device=dev)
         else:
-            # the data's sensitivity H^T 1_D, with the matched H^T also for an
-            # unmatched back projector: the Wiener-Butterworth filter applied
-            # to the box 1_D rings (-2..7), and its inverse is no weight
-            w = model.conv(model.ones_d, torch.conj(model.otf))
-            inv_w = torch.where(w > _WEIGHT_FLOOR, 1.0 / w.clamp(min=_WEIGHT_FLOOR), torch.zeros_like(w))
+            inv_w = torch.where(sens > _WEIGHT_FLOOR, 1.0 / sens.clamp(min=_WEIGHT_FLOOR), torch.zeros_like(sens))
             inv_w *= model.support
         x = _initial(init, vol, b, model, inv_w, dev)
         info.init_level = float(x.max())
@@ -420,7 +418,7 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
             # each step rescale so the model's total equals the data's
             # (the condition RL's fixed point satisfies), using
             # sum_D(H x) = <x, H^T 1_D> with the matched H^T
-            w_matched = model.conv(model.ones_d, torch.conj(model.otf)) * model.support
+            w_matched = sens * model.support
             b_total = (b * float(np.prod(vol.shape))) if isinstance(b, float) else float(b.sum())
             rescale = (w_matched.view(-1), float(vol.sum(dtype=np.float64)) - b_total)
         spacing_ratio = (np.asarray(spacing) / min(spacing)).tolist() if spacing is not None else [1.0] * 3
@@ -704,7 +702,7 @@ def _radial_averager(support, grid, device):
 def richardson_lucy_grid(model, y, b_grid, x, iterations, eps):
     """Plain Bertero-Boccacci RL iterations on a model's grid (used by blind RL); returns numpy."""
     torch = _torch()
-    w = model.back(model.ones_d)
+    w = model.sensitivity()
     inv_w = torch.where(w > _WEIGHT_FLOOR, 1.0 / w.clamp(min=_WEIGHT_FLOOR), torch.zeros_like(w))
     inv_w *= model.support
     if x is None:
