@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from _common import METRIC_COLUMNS, machine, table, timed
-from restore3d import metrics
+from restore3d import _fused, metrics
 from restore3d.background import estimate_background, estimate_noise, subtract_background
 from restore3d.deconvolution import _Model, blind_richardson_lucy, i_divergence, richardson_lucy
 from restore3d.psf import fwhm, gaussian_psf
@@ -69,23 +69,30 @@ def speed(sim, data):
     n = 30
     for acc in ("none", "biggs"):  # warm-up
         richardson_lucy(data, sim.psf, iterations=3, acceleration=acc)
-    # Interleaved rounds: the floor and both RL variants are timed back to back
+    # Interleaved rounds: the floor and every RL variant are timed back to back
     # in every round, so a slow spell of the machine hits all of them; each is
     # reported as its best round, and the ratio also as the median of the
-    # per-round ratios.
-    floors, per_round = [], {"none": [], "biggs": []}
+    # per-round ratios. "PyTorch ops" runs the same loop with the fused C
+    # kernels switched off (what an install without a compiler gets).
+    lib = _fused._load()
+    variants = [("none", True), ("biggs", True)] + ([("none", False), ("biggs", False)] if lib else [])
+    floors, per_round = [], {v: [] for v in variants}
     for _ in range(7):
         floors.append(fft_floor(grid, batches=1))
-        for acc in per_round:
+        for acc, kernels in variants:
+            _fused._LIB = lib if kernels else None
             _, info = richardson_lucy(data, sim.psf, iterations=n, acceleration=acc, return_info=True)
-            per_round[acc].append(info.seconds / info.iterations)
+            per_round[acc, kernels].append(info.seconds / info.iterations)
+    _fused._LIB = lib
     floor = min(floors)
     per = {}
-    for acc, times in per_round.items():
-        per[acc] = min(times)
+    for (acc, kernels), times in per_round.items():
+        per[acc, kernels] = min(times)
         ratios = [t / f for t, f in zip(times, floors)]
-        rows.append({"method": f"restore3d RL ({acc}), grid {grid}", "ms/iter": per[acc] * 1e3,
-                     "x FFT floor": per[acc] / floor, "median ratio of rounds": float(np.median(ratios))})
+        how = "fused C kernels" if kernels and lib else "PyTorch ops"
+        rows.append({"method": f"restore3d RL ({acc}, {how}), grid {grid}", "ms/iter": per[acc, kernels] * 1e3,
+                     "x FFT floor": per[acc, kernels] / floor, "median ratio of rounds": float(np.median(ratios))})
+    per["none"] = per["none", True]
     from skimage.restoration import richardson_lucy as sk_rl
     k = 3
     t_sk, _ = timed(sk_rl, data, sim.psf, num_iter=k, clip=False, repeat=2)

@@ -139,7 +139,7 @@ class _Model:
         padded[np.ix_(*idx)] += psf
         self.otf = torch.fft.rfftn(torch.from_numpy(padded).to(device))
         if backprojector == "matched":
-            self.botf = torch.conj(self.otf)
+            self.botf = torch.conj_physical(self.otf)  # materialised: a lazy conj view is resolved on every product
         elif backprojector == "wiener_butterworth":
             self.botf = self._wiener_butterworth(wb_alpha, wb_beta, wb_order)
         else:
@@ -440,20 +440,36 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         if biggs and alphas is None:  # replayed weights need no correlations
             gbuf = torch.zeros((2, x.numel()), dtype=x.dtype, device=dev)
             slot = 0
+        # the fused C kernels (restore3d/_fused.py) do the element-wise steps in
+        # one pass each where they apply: CPU, matched model with no TV term
+        from . import _fused
+        fused_ratio = (_fused.available(x, y_vol) and y_vol.is_contiguous()
+                       and (isinstance(b, float) or b.is_contiguous()))
+        fused_update = _fused.available(x, inv_w) and tv == 0 and rescale is None
         g_prev_norm2 = None
         start = time.perf_counter()
         bar = _progress(iterations, progress, "Richardson-Lucy")
         for k in range(int(iterations)):
             mu_d = model.forward_d(est)
-            if not isinstance(b, float) or b:
-                mu_d.add_(b)
-            mu_d.clamp_(min=eps)
-            if stop_tol is not None or monitor:
-                info.i_divergence.append(_i_div(y_vol, mu_d))
-            torch.div(y_vol, mu_d, out=ratio_d)
+            if fused_ratio and not (stop_tol is not None or monitor):
+                _fused.ratio(y_vol, mu_d, b, eps, ratio_d)  # y / clamp(mu + b, eps) in one pass
+            else:
+                if not isinstance(b, float) or b:
+                    mu_d.add_(b)
+                mu_d.clamp_(min=eps)
+                if stop_tol is not None or monitor:
+                    info.i_divergence.append(_i_div(y_vol, mu_d))
+                torch.div(y_vol, mu_d, out=ratio_d)
             del mu_d
             x_new = model.back(ratio)
-            x_new.mul_(inv_w).mul_(est)
+            if biggs and alphas is None:
+                g, g_prev = gbuf[slot], gbuf[1 - slot]
+            if fused_update and biggs and alphas is None:
+                g_norm2, g_cross = _fused.update_biggs(x_new, inv_w, est, g, g_prev)
+            elif fused_update:
+                _fused.update(x_new, inv_w, est)
+            else:
+                x_new.mul_(inv_w).mul_(est)
             if tv > 0:
                 x_new.mul_(_tv_factor(est, tv, spacing_ratio))
             if rescale is not None:
@@ -465,10 +481,10 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
                 if alphas is not None:
                     alpha = float(alphas[k]) if k < len(alphas) else 0.0
                 else:
-                    g = gbuf[slot]
-                    torch.sub(x_new.view(-1), est.view(-1), out=g)
-                    dots = torch.mv(gbuf, g)  # <g, g> and <g, g_prev> in one pass
-                    g_norm2, g_cross = float(dots[slot]), float(dots[1 - slot])
+                    if not fused_update:
+                        torch.sub(x_new.view(-1), est.view(-1), out=g)
+                        dots = torch.mv(gbuf, g)  # <g, g> and <g, g_prev> in one pass
+                        g_norm2, g_cross = float(dots[slot]), float(dots[1 - slot])
                     alpha = 0.0
                     if g_prev_norm2 is not None:
                         alpha = min(max(g_cross / (g_prev_norm2 + 1e-30), 0.0), 0.99)
@@ -477,7 +493,9 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
                 info.alphas.append(alpha)
                 if x_prev is None or alpha == 0.0:
                     est.copy_(x_new)
-                else:  # est = x_new + alpha (x_new - x_prev) in one pass, clipped at 0
+                elif fused_update:  # est = max(x_new + alpha (x_new - x_prev), 0) in one pass
+                    _fused.extrapolate(x_new, x_prev, alpha, est)
+                else:  # the same as a lerp, clipped at 0
                     torch.lerp(x_prev, x_new, 1.0 + alpha, out=est).clamp_(min=0)
                 x_prev = x_new
             else:
@@ -645,7 +663,7 @@ def blind_richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: in
         bar = _progress(iterations, progress, "blind RL")
         for k in range(int(iterations)):
             model.otf = torch.fft.rfftn(h_grid)
-            model.botf = torch.conj(model.otf)
+            model.botf = torch.conj_physical(model.otf)
             x = torch.from_numpy(richardson_lucy_grid(model, y, b_grid, x, object_iterations, eps))
             x = x.to(dev)
             X = torch.fft.rfftn(x)
@@ -661,7 +679,7 @@ def blind_richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: in
             bar.update(1)
         bar.close()
         model.otf = torch.fft.rfftn(h_grid)
-        model.botf = torch.conj(model.otf)
+        model.botf = torch.conj_physical(model.otf)
         x = torch.from_numpy(richardson_lucy_grid(model, y, b_grid, x, object_iterations, eps)).to(dev)
         out = x[model.d_slice].clamp(min=0).cpu().numpy().astype(np.float32)
         h_np = h_grid.cpu().numpy()

@@ -1,0 +1,129 @@
+/*
+ * Fused element-wise passes of the Richardson-Lucy loop (float32, CPU).
+ *
+ * Eager PyTorch makes one pass over the padded grid per operation; these
+ * kernels do each step's arithmetic in one pass, on `nthreads` OpenMP
+ * threads. Built with -fopenmp, the library needs libgomp.so.1; PyTorch's
+ * wheels load their own libgomp.so.1 first, so the loader reuses it and these
+ * loops run on PyTorch's thread pool (a second pool, e.g. Python threads,
+ * competed with PyTorch's threads that spin-wait after each parallel region,
+ * and lost the gain). The kernels are called through ctypes
+ * (restore3d/_fused.py); the module object exists only so that the build and
+ * the import machinery can find the file.
+ *
+ * Built by setup.py as an optional extension; when it is missing RL runs the
+ * same arithmetic with PyTorch operations.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__INTEL_COMPILER)
+/* one AVX2 and one baseline build of each kernel, chosen at load time */
+#define R3D_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define R3D_CLONES
+#endif
+
+/* the signature version: restore3d/_fused.py refuses a library built from other sources */
+int r3d_abi(void)
+{
+    return 1;
+}
+
+/* 1 when the kernels run on OpenMP threads, 0 when built without OpenMP */
+int r3d_parallel(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* ratio = y / max(mu + b, eps) on the data domain D, a (nz, ny, nx) block.
+ * mu and out are strided views (element strides); y and b are contiguous;
+ * b may be NULL, then the constant bconst is added. */
+R3D_CLONES
+void r3d_ratio(const float *mu, int64_t mz, int64_t my, int64_t mx,
+               const float *y, const float *b, float bconst, float eps,
+               float *out, int64_t oz, int64_t oy, int64_t ox,
+               int64_t nz, int64_t ny, int64_t nx, int nthreads)
+{
+    int64_t rows = nz * ny;
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t z = r / ny, j = r % ny;
+        const float *m = mu + z * mz + j * my;
+        const float *yy = y + r * nx;
+        const float *bb = b ? b + r * nx : 0;
+        float *o = out + z * oz + j * oy;
+        if (mx == 1 && ox == 1 && bb) {
+            for (int64_t i = 0; i < nx; i++) {
+                float v = m[i] + bb[i];
+                o[i] = yy[i] / (v > eps ? v : eps);
+            }
+        } else if (mx == 1 && ox == 1) {
+            for (int64_t i = 0; i < nx; i++) {
+                float v = m[i] + bconst;
+                o[i] = yy[i] / (v > eps ? v : eps);
+            }
+        } else {
+            for (int64_t i = 0; i < nx; i++) {
+                float v = m[i * mx] + (bb ? bb[i] : bconst);
+                o[i * ox] = yy[i] / (v > eps ? v : eps);
+            }
+        }
+    }
+}
+
+/* plain RL update in place: back = back * w * est */
+R3D_CLONES
+void r3d_update(float *back, const float *w, const float *est, int64_t n, int nthreads)
+{
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t i = 0; i < n; i++)
+        back[i] = back[i] * w[i] * est[i];
+}
+
+/* Biggs-Andrews RL update in place: back = back * w * est, g = back - est,
+ * dots[0] = sum g^2, dots[1] = sum g * gprev (accumulated in double) */
+R3D_CLONES
+void r3d_update_biggs(float *back, const float *w, const float *est, float *g,
+                      const float *gprev, int64_t n, double *dots, int nthreads)
+{
+    double gg = 0.0, gp = 0.0;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) reduction(+:gg, gp)
+    for (int64_t i = 0; i < n; i++) {
+        float x = back[i] * w[i] * est[i];
+        float d = x - est[i];
+        back[i] = x;
+        g[i] = d;
+        gg += (double)d * (double)d;
+        gp += (double)d * (double)gprev[i];
+    }
+    dots[0] = gg;
+    dots[1] = gp;
+}
+
+/* Biggs-Andrews extrapolation: out = max(x + a (x - xprev), 0) */
+R3D_CLONES
+void r3d_extrapolate(const float *x, const float *xprev, float a, float *out, int64_t n, int nthreads)
+{
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i] + a * (x[i] - xprev[i]);
+        out[i] = v > 0.0f ? v : 0.0f;
+    }
+}
+
+static struct PyModuleDef r3d_module = {
+    PyModuleDef_HEAD_INIT, "_kernels",
+    "Fused float32 kernels of the Richardson-Lucy loop (called through ctypes).",
+    -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void)
+{
+    return PyModule_Create(&r3d_module);
+}
