@@ -25,6 +25,7 @@ from restore3d.simulate import simulate_beads
 
 SHAPE = (32, 256, 256)
 SP = (0.3, 0.1, 0.1)
+ROUNDS = 11  # interleaved rounds of the speed table
 
 
 def fft_floor(grid, repeat=10, batches=5):
@@ -77,7 +78,7 @@ def speed(sim, data):
     lib = _fused._load()
     variants = [("none", True), ("biggs", True)] + ([("none", False), ("biggs", False)] if lib else [])
     floors, per_round = [], {v: [] for v in variants}
-    for _ in range(7):
+    for _ in range(ROUNDS):
         floors.append(fft_floor(grid, batches=1))
         for acc, kernels in variants:
             _fused._LIB = lib if kernels else None
