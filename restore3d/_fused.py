@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 _LIB = None
 _LOADED = False
 # the signature version of restore3d/_kernels.c this module calls (r3d_abi)
-_ABI = 1
+_ABI = 2
 
 
 def _load():
@@ -48,7 +48,7 @@ def _load():
     p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     lib.r3d_ratio.argtypes = [p, i64, i64, i64, p, p, f32, f32, p, i64, i64, i64, i64, i64, i64, i32]
     lib.r3d_update.argtypes = [p, p, p, i64, i32]
-    lib.r3d_update_biggs.argtypes = [p, p, p, p, p, i64, p, i32]
+    lib.r3d_update_biggs.argtypes = [p, p, p, p, i64, p, i32]
     lib.r3d_extrapolate.argtypes = [p, p, f32, p, i64, i32]
     for name in ("r3d_ratio", "r3d_update", "r3d_update_biggs", "r3d_extrapolate"):
         getattr(lib, name).restype = None
@@ -94,13 +94,16 @@ def update(back: torch.Tensor, w: torch.Tensor, est: torch.Tensor) -> None:
     _LIB.r3d_update(_ptr(back), _ptr(w), _ptr(est), back.numel(), torch.get_num_threads())
 
 
-def update_biggs(back: torch.Tensor, w: torch.Tensor, est: torch.Tensor, g: torch.Tensor,
-                 g_prev: torch.Tensor) -> tuple[float, float]:
-    """``back *= w * est``; ``g = back - est``; returns ``(<g, g>, <g, g_prev>)`` (float64 sums)."""
-    _same(back, w, est, g, g_prev)
+def update_biggs(back: torch.Tensor, w: torch.Tensor, est: torch.Tensor, g: torch.Tensor) -> tuple[float, float]:
+    """``back *= w * est``; the difference ``back - est`` replaces the previous one in ``g``.
+
+    Returns ``(<g_new, g_new>, <g_new, g_previous>)`` (float64 sums), the two
+    correlations of the Biggs-Andrews weight.
+    """
+    _same(back, w, est, g)
     dots = np.zeros(2, np.float64)
-    _LIB.r3d_update_biggs(_ptr(back), _ptr(w), _ptr(est), _ptr(g), _ptr(g_prev), back.numel(),
-                          dots.ctypes.data, torch.get_num_threads())
+    _LIB.r3d_update_biggs(_ptr(back), _ptr(w), _ptr(est), _ptr(g), back.numel(), dots.ctypes.data,
+                          torch.get_num_threads())
     return float(dots[0]), float(dots[1])
 
 

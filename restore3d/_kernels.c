@@ -28,7 +28,7 @@
 /* the signature version: restore3d/_fused.py refuses a library built from other sources */
 int r3d_abi(void)
 {
-    return 1;
+    return 2;
 }
 
 /* 1 when the kernels run on OpenMP threads, 0 when built without OpenMP */
@@ -79,28 +79,33 @@ void r3d_ratio(const float *mu, int64_t mz, int64_t my, int64_t mx,
 
 /* plain RL update in place: back = back * w * est */
 R3D_CLONES
-void r3d_update(float *back, const float *w, const float *est, int64_t n, int nthreads)
+void r3d_update(float *restrict back, const float *restrict w, const float *restrict est, int64_t n,
+                int nthreads)
 {
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t i = 0; i < n; i++)
         back[i] = back[i] * w[i] * est[i];
 }
 
-/* Biggs-Andrews RL update in place: back = back * w * est, g = back - est,
- * dots[0] = sum g^2, dots[1] = sum g * gprev (accumulated in double) */
+/* Biggs-Andrews RL update in place: back = back * w * est and the new
+ * difference d = back - est replaces the previous one in g; returns
+ * dots[0] = sum d^2 and dots[1] = sum d * g_previous (accumulated in double).
+ * One buffer for both differences: each element is read before it is
+ * overwritten, which saves a stream over keeping two. */
 R3D_CLONES
-void r3d_update_biggs(float *back, const float *w, const float *est, float *g,
-                      const float *gprev, int64_t n, double *dots, int nthreads)
+void r3d_update_biggs(float *restrict back, const float *restrict w, const float *restrict est,
+                      float *restrict g, int64_t n, double *dots, int nthreads)
 {
     double gg = 0.0, gp = 0.0;
     #pragma omp parallel for schedule(static) num_threads(nthreads) reduction(+:gg, gp)
     for (int64_t i = 0; i < n; i++) {
         float x = back[i] * w[i] * est[i];
         float d = x - est[i];
+        float previous = g[i];
         back[i] = x;
         g[i] = d;
         gg += (double)d * (double)d;
-        gp += (double)d * (double)gprev[i];
+        gp += (double)d * (double)previous;
     }
     dots[0] = gg;
     dots[1] = gp;
@@ -108,7 +113,8 @@ void r3d_update_biggs(float *back, const float *w, const float *est, float *g,
 
 /* Biggs-Andrews extrapolation: out = max(x + a (x - xprev), 0) */
 R3D_CLONES
-void r3d_extrapolate(const float *x, const float *xprev, float a, float *out, int64_t n, int nthreads)
+void r3d_extrapolate(const float *restrict x, const float *restrict xprev, float a, float *restrict out,
+                     int64_t n, int nthreads)
 {
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t i = 0; i < n; i++) {

@@ -437,15 +437,16 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         est = x
         x_prev = None
         biggs = acceleration == "biggs"
-        if biggs and alphas is None:  # replayed weights need no correlations
-            gbuf = torch.zeros((2, x.numel()), dtype=x.dtype, device=dev)
-            slot = 0
         # the fused C kernels (restore3d/_fused.py) do the element-wise steps in
         # one pass each where they apply: CPU, matched model with no TV term
         from . import _fused
         fused_ratio = (_fused.available(x, y_vol) and y_vol.is_contiguous()
                        and (isinstance(b, float) or b.is_contiguous()))
         fused_update = _fused.available(x, inv_w) and tv == 0 and rescale is None
+        if biggs and alphas is None:  # replayed weights need no correlations
+            # the fused update overwrites the previous change in place: one row
+            gbuf = torch.zeros((1 if fused_update else 2, x.numel()), dtype=x.dtype, device=dev)
+            slot = 0
         g_prev_norm2 = None
         start = time.perf_counter()
         bar = _progress(iterations, progress, "Richardson-Lucy")
@@ -462,10 +463,8 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
                 torch.div(y_vol, mu_d, out=ratio_d)
             del mu_d
             x_new = model.back(ratio)
-            if biggs and alphas is None:
-                g, g_prev = gbuf[slot], gbuf[1 - slot]
             if fused_update and biggs and alphas is None:
-                g_norm2, g_cross = _fused.update_biggs(x_new, inv_w, est, g, g_prev)
+                g_norm2, g_cross = _fused.update_biggs(x_new, inv_w, est, gbuf[0])
             elif fused_update:
                 _fused.update(x_new, inv_w, est)
             else:
@@ -482,6 +481,7 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
                     alpha = float(alphas[k]) if k < len(alphas) else 0.0
                 else:
                     if not fused_update:
+                        g = gbuf[slot]
                         torch.sub(x_new.view(-1), est.view(-1), out=g)
                         dots = torch.mv(gbuf, g)  # <g, g> and <g, g_prev> in one pass
                         g_norm2, g_cross = float(dots[slot]), float(dots[1 - slot])
@@ -489,7 +489,7 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
                     if g_prev_norm2 is not None:
                         alpha = min(max(g_cross / (g_prev_norm2 + 1e-30), 0.0), 0.99)
                     g_prev_norm2 = g_norm2
-                    slot = 1 - slot
+                    slot = 1 - slot  # (the eager path's two rows)
                 info.alphas.append(alpha)
                 if x_prev is None or alpha == 0.0:
                     est.copy_(x_new)
