@@ -61,6 +61,10 @@ class RLInfo:
         Biggs-Andrews extrapolation weight of each iteration.
     init_level : float
         The constant initial estimate (``init="mean"``).
+    fused : bool
+        Whether the element-wise update ran in the compiled kernels of
+        ``restore3d._kernels`` (False: PyTorch operations, e.g. on CUDA,
+        with TV or an unmatched back projector, or without the extension).
     """
 
     iterations: int = 0
@@ -70,6 +74,7 @@ class RLInfo:
     psf: np.ndarray | None = None
     alphas: list = dataclasses.field(default_factory=list)
     init_level: float | None = None
+    fused: bool = False
 
 
 def _torch():
@@ -443,6 +448,7 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         fused_ratio = (_fused.available(x, y_vol) and y_vol.is_contiguous()
                        and (isinstance(b, float) or b.is_contiguous()))
         fused_update = _fused.available(x, inv_w) and tv == 0 and rescale is None
+        info.fused = fused_update
         if biggs and alphas is None:  # replayed weights need no correlations
             # the fused update overwrites the previous change in place: one row
             gbuf = torch.zeros((1 if fused_update else 2, x.numel()), dtype=x.dtype, device=dev)
@@ -514,7 +520,7 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         final = x_prev if x_prev is not None else x
         out = final[model.d_slice].clamp(min=0).cpu().numpy().astype(np.float32)
         info.seconds = time.perf_counter() - start
-    log.debug("RL: %d iterations in %.2f s", info.iterations, info.seconds)
+    log.debug("RL: %d iterations in %.2f s (fused kernels: %s)", info.iterations, info.seconds, info.fused)
     return (out, info) if return_info else out
 
 

@@ -100,6 +100,7 @@ def test_rl_same_result_with_and_without_kernels(acceleration, monkeypatch):
     fused, info_f = richardson_lucy(blurred, psf, **kw)
     monkeypatch.setattr(_fused, "_LIB", None)
     eager, info_e = richardson_lucy(blurred, psf, **kw)
+    assert info_f.fused and not info_e.fused
     scale = float(eager.max())
     assert float(np.abs(fused - eager).max()) <= 1e-4 * scale
     np.testing.assert_allclose(info_f.alphas, info_e.alphas, atol=1e-4)
