@@ -25,7 +25,7 @@ from restore3d.simulate import simulate_beads
 
 SHAPE = (32, 256, 256)
 SP = (0.3, 0.1, 0.1)
-ROUNDS = 11  # interleaved rounds of the speed table
+ROUNDS = 25  # interleaved rounds of the speed table (the VM's timings wander by up to 50 %)
 
 
 def fft_floor(grid, repeat=10, batches=5):
@@ -63,6 +63,14 @@ def fft_floor(grid, repeat=10, batches=5):
     return 2 * (forward + inverse)
 
 
+def _median_interval(values, n_boot=2000, seed=0):
+    """Bootstrap 95 % interval of the median of ``values`` (fixed seed)."""
+    v = np.asarray(values, float)
+    rng = np.random.default_rng(seed)
+    meds = np.median(rng.choice(v, size=(n_boot, v.size)), axis=1)
+    return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
+
+
 def speed(sim, data):
     rows = []
     model = _Model(SHAPE, sim.psf, boundary="extend", extend="auto", device=torch.device("cpu"))
@@ -73,8 +81,9 @@ def speed(sim, data):
     # Interleaved rounds: the floor and every RL variant are timed back to back
     # in every round, so a slow spell of the machine hits all of them; each is
     # reported as its best round, and the ratio also as the median of the
-    # per-round ratios. "PyTorch ops" runs the same loop with the fused C
-    # kernels switched off (what an install without a compiler gets).
+    # per-round ratios with a bootstrap 95 % interval of that median. "PyTorch
+    # ops" runs the same loop with the fused C kernels switched off (what an
+    # install without a compiler gets).
     lib = _fused._load()
     variants = [("none", True), ("biggs", True)] + ([("none", False), ("biggs", False)] if lib else [])
     floors, per_round = [], {v: [] for v in variants}
@@ -91,8 +100,10 @@ def speed(sim, data):
         per[acc, kernels] = min(times)
         ratios = [t / f for t, f in zip(times, floors)]
         how = "fused C kernels" if kernels and lib else "PyTorch ops"
+        lo, hi = _median_interval(ratios)
         rows.append({"method": f"restore3d RL ({acc}, {how}), grid {grid}", "ms/iter": per[acc, kernels] * 1e3,
-                     "x FFT floor": per[acc, kernels] / floor, "median ratio of rounds": float(np.median(ratios))})
+                     "x FFT floor": per[acc, kernels] / floor, "median ratio of rounds": float(np.median(ratios)),
+                     "95 % interval of the median": f"{lo:.3f}-{hi:.3f}"})
     per["none"] = per["none", True]
     from skimage.restoration import richardson_lucy as sk_rl
     k = 3
@@ -218,7 +229,7 @@ def main():
     data = subtract_background(sim.raw, SP)
     print(f"## RL speed, {SHAPE} float32, PSF {sim.psf.shape}\n")
     print(table(speed(sim, data), ["method", "ms/iter", "x FFT floor", "median ratio of rounds",
-                                   "restore3d speed-up"]))
+                                   "95 % interval of the median", "restore3d speed-up"]))
     if args.speed_only:
         return
     print("\n## Time to quality (I-divergence on the same volume)\n")
