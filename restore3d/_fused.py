@@ -2,7 +2,8 @@
 
 Eager PyTorch makes one pass over the padded grid per operation: the Biggs
 iteration's update alone (multiply by the weights, by the estimate, subtract,
-two dot products) is five passes over 16 MB arrays. The optional C extension
+both dot products in one matrix-vector product) is four passes over 16 MB
+arrays. The optional C extension
 ``restore3d._kernels`` (restore3d/_kernels.c, built by setup.py) does each
 step in one pass, on PyTorch's OpenMP thread pool with the PyTorch thread
 count. Every function here has the same result, to float32

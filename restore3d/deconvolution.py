@@ -367,9 +367,13 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
     Notes
     -----
     Each iteration costs four real FFTs of the padded grid (the inverse of
-    the forward projection pruned to the volume) plus about ten
-    element-wise passes. Flux is kept: at convergence the model's total
-    equals the data's.
+    the forward projection pruned to the volume) plus the element-wise
+    work: two complex OTF products and, on the CPU with the matched back
+    projector and no TV term, three fused passes in the compiled kernels of
+    ``restore3d._kernels`` (the ratio; the update with the Biggs
+    correlations; the extrapolation; see :attr:`RLInfo.fused`), otherwise
+    about eight PyTorch operations. Flux is kept: at convergence the model's
+    total equals the data's.
 
     References
     ----------
@@ -435,8 +439,10 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         # halves those passes. `ratio` is preallocated with its zero frame;
         # the FFTs return fresh tensors (faster than writing through `out=`,
         # which copies). `x_prev` keeps the last RL update for the
-        # Biggs-Andrews extrapolation; the last two changes `g` sit in one
-        # (2, N) buffer so both correlations come from one matrix-vector pass.
+        # Biggs-Andrews extrapolation. With PyTorch operations the last two
+        # changes `g` sit in one (2, N) buffer so both correlations come from
+        # one matrix-vector pass; the fused kernel keeps one change and
+        # overwrites it in place.
         ratio = torch.zeros_like(x)
         ratio_d = ratio[model.d_slice]
         est = x
