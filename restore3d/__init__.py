@@ -6,15 +6,16 @@ estimation, Richardson-Lucy deconvolution) chained with a small 3D CNN
 refiner, each stage swappable and measurable. Arrays are float32 (z, y, x);
 spacings are (dz, dy, dx) in micrometres.
 """
-from . import background, deconvolution, detect, fitting, io, metrics, psf, psf_estimation, simulate
+from . import background, cleanup, deconvolution, detect, fitting, io, metrics, psf, psf_estimation, simulate
 from ._version import __version__
 from .pipeline import Pipeline, Result, RunContext, Stage
 from .refiner import Refiner
-from .stages import BlindDeconvolution, EstimatePSF, FitBeads, RichardsonLucy, SubtractBackground
+from .stages import (BlindDeconvolution, EstimatePSF, FitBeads, RemoveSpecks, RichardsonLucy,
+                     SubtractBackground)
 
 __all__ = ["Pipeline", "Result", "RunContext", "Stage", "SubtractBackground", "EstimatePSF",
-           "RichardsonLucy", "BlindDeconvolution", "FitBeads", "Refiner", "default_pipeline",
-           "background", "deconvolution", "detect", "fitting", "io", "metrics", "psf", "psf_estimation",
+           "RichardsonLucy", "BlindDeconvolution", "FitBeads", "RemoveSpecks", "Refiner", "default_pipeline",
+           "background", "cleanup", "deconvolution", "detect", "fitting", "io", "metrics", "psf", "psf_estimation",
            "simulate", "__version__"]
 
 

@@ -5,18 +5,21 @@ round-trip through JSON) and does its work in ``__call__(volume, ctx)``.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import numpy as np
 
 from . import background as _bg
 from ._checks import as_psf
+from .cleanup import remove_specks, speck_reference
 from .deconvolution import blind_richardson_lucy, richardson_lucy
 from .pipeline import RunContext, Stage
 from .psf import crop_psf, fwhm, make_psf
 from .psf_estimation import estimate_psf
 
-__all__ = ["SubtractBackground", "EstimatePSF", "RichardsonLucy", "BlindDeconvolution", "FitBeads"]
+__all__ = ["SubtractBackground", "EstimatePSF", "RichardsonLucy", "BlindDeconvolution", "FitBeads",
+           "RemoveSpecks"]
 
 
 def _defaults(func):
@@ -349,3 +352,49 @@ class FitBeads(Stage):
     def freeze(self, sample, ctx):
         raise ValueError("FitBeads does not run chunk-wise yet: process the volume whole, "
                          "or drop FitBeads from a chunked pipeline")
+
+
+_SPECKS = _defaults(remove_specks)
+
+
+class RemoveSpecks(Stage):
+    """Set small, faint connected components to zero (:func:`restore3d.cleanup.remove_specks`).
+
+    For after the refiner: it leaves isolated specks of amplified noise on
+    dense volumes, which this removes (each far less light than a bead).
+    ``scale`` and ``reference`` (the typical bead peak and light) are
+    measured on the volume unless given; chunk-wise runs measure them once.
+    Not in :func:`restore3d.default_pipeline`; add it with
+    ``Pipeline(default_pipeline().steps + [("specks", RemoveSpecks())])``
+    or in a JSON config. The run's report (``result.info["specks"]``) gives
+    the components found and removed and the share of light removed.
+    """
+
+    default_name = "specks"
+
+    def __init__(self, *, threshold: float = _SPECKS["threshold"], min_fraction: float = _SPECKS["min_fraction"],
+                 scale: float | None = None, reference: float | None = None):
+        self.threshold = threshold
+        self.min_fraction = min_fraction
+        self.scale = scale
+        self.reference = reference
+
+    def __call__(self, volume, ctx: RunContext):
+        out, info = remove_specks(volume, threshold=self.threshold, min_fraction=self.min_fraction,
+                                  scale=self.scale, reference=self.reference, return_info=True)
+        ctx.info["specks"] = dataclasses.asdict(info)
+        return out
+
+    def freeze(self, sample, ctx):
+        scale, reference = speck_reference(sample, threshold=self.threshold)
+        params = self.get_params()
+        params.update(scale=self.scale if self.scale is not None else scale,
+                      reference=self.reference if self.reference is not None else reference)
+        return RemoveSpecks(**params)
+
+    def halo(self, spacing, psf):
+        # a component must lie whole inside a chunk with its halo for the cut to be
+        # the whole volume's: specks are a few voxels, beads about one PSF
+        if psf is not None:
+            return _psf_halo(psf, 1.0)
+        return tuple(int(np.ceil(u / s)) for u, s in zip((1.5, 0.8, 0.8), spacing))
