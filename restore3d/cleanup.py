@@ -63,7 +63,8 @@ def _check(threshold, min_fraction):
             f"min_fraction must be in [0, 1) (a fraction of a typical bead's light), got {min_fraction!r}")
 
 
-def speck_reference(volume: np.ndarray, *, threshold: float = 0.02) -> tuple[float, float]:
+def speck_reference(volume: np.ndarray, *, threshold: float = 0.02,
+                    scale: float | None = None) -> tuple[float, float]:
     """``(scale, reference)``: the typical bead peak and a typical bead's integrated intensity.
 
     Parameters
@@ -72,6 +73,8 @@ def speck_reference(volume: np.ndarray, *, threshold: float = 0.02) -> tuple[flo
         A restored, background-free volume.
     threshold : float
         Components are the connected voxels above ``threshold * scale``.
+    scale : float, optional
+        The typical bead peak, when known; measured otherwise.
 
     Returns
     -------
@@ -86,7 +89,8 @@ def speck_reference(volume: np.ndarray, *, threshold: float = 0.02) -> tuple[flo
     _check(threshold, 0.0)
     if not (vol > 0).any():
         return 0.0, 0.0
-    _, scale = Normalizer(method="peaks").stats(vol)
+    if scale is None:
+        _, scale = Normalizer(method="peaks").stats(vol)
     _, _, integ, peak = _components(vol, threshold * scale)
     beads = integ[peak >= 0.5 * scale]
     reference = float(np.median(beads)) if beads.size else float(integ.max(initial=0.0))
@@ -140,9 +144,8 @@ def remove_specks(volume: np.ndarray, *, threshold: float = 0.02, min_fraction: 
     vol = as_volume(volume)
     _check(threshold, min_fraction)
     if scale is None or reference is None:
-        s, r = speck_reference(vol, threshold=threshold)
-        scale = s if scale is None else float(scale)
-        reference = r if reference is None else float(reference)
+        scale, measured = speck_reference(vol, threshold=threshold, scale=scale)
+        reference = measured if reference is None else float(reference)
     out = vol.astype(np.float32, copy=True)
     n = removed = 0
     light = 0.0

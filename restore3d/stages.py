@@ -386,10 +386,12 @@ class RemoveSpecks(Stage):
         return out
 
     def freeze(self, sample, ctx):
-        scale, reference = speck_reference(sample, threshold=self.threshold)
+        """Measure the typical bead peak and light once on the sample; every chunk uses them."""
+        if self.scale is not None and self.reference is not None:
+            return self
+        scale, reference = speck_reference(sample, threshold=self.threshold, scale=self.scale)
         params = self.get_params()
-        params.update(scale=self.scale if self.scale is not None else scale,
-                      reference=self.reference if self.reference is not None else reference)
+        params.update(scale=scale, reference=self.reference if self.reference is not None else reference)
         return RemoveSpecks(**params)
 
     def halo(self, spacing, psf):
