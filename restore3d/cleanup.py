@@ -63,6 +63,20 @@ def _check(threshold, min_fraction):
             f"min_fraction must be in [0, 1) (a fraction of a typical bead's light), got {min_fraction!r}")
 
 
+def _reference(vol, threshold, scale):
+    """``(scale, reference, labels, n, integrals)``: the measurement and the components it was made on."""
+    from .refiner.normalize import Normalizer  # the same "typical bead peak" the refiner uses
+
+    if scale is None:
+        _, scale = Normalizer(method="peaks").stats(vol) if (vol > 0).any() else (0.0, 0.0)
+    if scale <= 0:
+        return 0.0, 0.0, None, 0, np.zeros(0)
+    lab, n, integ, peak = _components(vol, threshold * scale)
+    beads = integ[peak >= 0.5 * scale]
+    reference = float(np.median(beads)) if beads.size else float(integ.max(initial=0.0))
+    return float(scale), reference, lab, n, integ
+
+
 def speck_reference(volume: np.ndarray, *, threshold: float = 0.02,
                     scale: float | None = None) -> tuple[float, float]:
     """``(scale, reference)``: the typical bead peak and a typical bead's integrated intensity.
@@ -81,20 +95,9 @@ def speck_reference(volume: np.ndarray, *, threshold: float = 0.02,
     scale, reference : float
         Both 0 when the volume has no positive voxel.
     """
-    from .refiner.normalize import (
-        Normalizer,  # the same "typical bead peak" the refiner uses
-    )
-
-    vol = as_volume(volume)
     _check(threshold, 0.0)
-    if not (vol > 0).any():
-        return 0.0, 0.0
-    if scale is None:
-        _, scale = Normalizer(method="peaks").stats(vol)
-    _, _, integ, peak = _components(vol, threshold * scale)
-    beads = integ[peak >= 0.5 * scale]
-    reference = float(np.median(beads)) if beads.size else float(integ.max(initial=0.0))
-    return float(scale), reference
+    scale, reference, *_ = _reference(as_volume(volume), threshold, scale)
+    return scale, reference
 
 
 def remove_specks(volume: np.ndarray, *, threshold: float = 0.02, min_fraction: float = 0.05,
@@ -143,22 +146,24 @@ def remove_specks(volume: np.ndarray, *, threshold: float = 0.02, min_fraction: 
     """
     vol = as_volume(volume)
     _check(threshold, min_fraction)
-    if scale is None or reference is None:
-        scale, measured = speck_reference(vol, threshold=threshold, scale=scale)
+    if scale is None or reference is None:  # measured on the components that are then cut
+        scale, measured, lab, n, integ = _reference(vol, threshold, scale)
         reference = measured if reference is None else float(reference)
-    out = vol.astype(np.float32, copy=True)
-    n = removed = 0
-    light = 0.0
-    if scale > 0 and min_fraction > 0:
+    elif scale > 0:
         lab, n, integ, _ = _components(vol, threshold * scale)
-        if n:
-            drop = np.zeros(n + 1, bool)
-            drop[1:] = integ < min_fraction * reference
-            removed = int(drop.sum())
-            mask = drop[lab]
-            total = float(np.abs(vol).sum(dtype=np.float64))
-            light = float(vol[mask].sum(dtype=np.float64)) / total if total > 0 else 0.0
-            out[mask] = 0.0
+    else:
+        lab, n, integ = None, 0, np.zeros(0)
+    out = vol.astype(np.float32, copy=True)
+    removed = 0
+    light = 0.0
+    if min_fraction > 0 and n:
+        drop = np.zeros(n + 1, bool)
+        drop[1:] = integ < min_fraction * reference
+        removed = int(drop.sum())
+        mask = drop[lab]
+        total = float(np.abs(vol).sum(dtype=np.float64))
+        light = float(vol[mask].sum(dtype=np.float64)) / total if total > 0 else 0.0
+        out[mask] = 0.0
     info = SpeckInfo(scale=float(scale), reference=float(reference), n_components=int(n), n_removed=removed,
                      light_removed=light)
     return (out, info) if return_info else out

@@ -451,8 +451,9 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         # the fused C kernels (restore3d/_fused.py) do the element-wise steps in
         # one pass each where they apply: CPU, matched model with no TV term
         from . import _fused
-        fused_ratio = (_fused.available(x, y_vol) and y_vol.is_contiguous()
-                       and (isinstance(b, float) or b.is_contiguous()))
+        # (the I-divergence monitor needs the clamped model, so it keeps the PyTorch ratio)
+        fused_ratio = (_fused.available(x, y_vol) and y_vol.is_contiguous() and stop_tol is None
+                       and not monitor and (isinstance(b, float) or b.is_contiguous()))
         fused_update = _fused.available(x, inv_w) and tv == 0 and rescale is None
         info.fused = fused_update
         if biggs and alphas is None:  # replayed weights need no correlations
@@ -464,7 +465,7 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         bar = _progress(iterations, progress, "Richardson-Lucy")
         for k in range(int(iterations)):
             mu_d = model.forward_d(est)
-            if fused_ratio and not (stop_tol is not None or monitor):
+            if fused_ratio:
                 _fused.ratio(y_vol, mu_d, b, eps, ratio_d)  # y / clamp(mu + b, eps) in one pass
             else:
                 if not isinstance(b, float) or b:
