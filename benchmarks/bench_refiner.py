@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/bench_refiner.py ablation --steps 300 --pool 80 --work /tmp/r3-ablation
-    python benchmarks/bench_refiner.py acceptance [--weights restore3d/refiner/weights/default.json] [--true-psf]
+    python benchmarks/bench_refiner.py acceptance [--weights restore3d/refiner/weights/default.json]
+        [--true-psf | --measured-psf PEAK]
     python benchmarks/bench_refiner.py adapt --minutes 3
 
 Every variant of an ablation is trained with the same recipe and budget
@@ -55,11 +56,37 @@ def eval_volumes(seed=7, shape=(32, 256, 256)):
     return vols
 
 
-def classical_output(classical, sim, true_psf=False):
-    """The classical stages' output and PSF; with the true PSF given if asked or if no bead is usable."""
+def measured_psf(sim, peak, seed=0):
+    """The simulation's PSF as a microscopist would measure it: one bead imaged through z, then prepared.
+
+    The PSF (cropped to the volume) is embedded in a stack with half its size
+    of margin on every side, scaled to ``peak`` photons at its maximum, put
+    on 100 photons of background and a camera offset of 100, with Poisson
+    and read noise (2 counts), and run through
+    :func:`restore3d.psf.prepare_psf` (background from the stack, clipped,
+    cropped back to the PSF's box, unit sum).
+    """
+    from restore3d.psf import crop_psf, prepare_psf
+    rng = np.random.default_rng(seed)
+    p = crop_psf(sim.psf, sim.raw.shape).astype(np.float64)
+    big = [n + 2 * (n // 2) for n in p.shape]
+    stack = np.zeros(big)
+    stack[tuple(slice(n // 2, n // 2 + n) for n in p.shape)] = p * (peak / p.max())
+    counts = rng.poisson(stack + 100.0) + 100.0 + rng.normal(0.0, 2.0, stack.shape)
+    return prepare_psf(counts.astype(np.float32), shape=p.shape)
+
+
+def classical_output(classical, sim, true_psf=False, measured_peak=None):
+    """The classical stages' output and PSF.
+
+    With ``true_psf`` the stages get the simulation's PSF, with
+    ``measured_peak`` a simulated measurement of it (:func:`measured_psf`);
+    otherwise they estimate it from the beads (the true PSF if no bead is usable).
+    """
     from restore3d.psf import crop_psf
-    if true_psf:
-        res = classical.run(sim.raw, spacing=sim.spacing, psf=crop_psf(sim.psf, sim.raw.shape))
+    if true_psf or measured_peak:
+        psf = measured_psf(sim, measured_peak) if measured_peak else crop_psf(sim.psf, sim.raw.shape)
+        res = classical.run(sim.raw, spacing=sim.spacing, psf=psf)
         return np.asarray(res), res.psf
     try:
         res = classical.run(sim.raw, spacing=sim.spacing)
@@ -156,7 +183,7 @@ def cmd_acceptance(args):
     for name, sim in sims:
         raw_m = metrics.evaluate(sim.raw, target=sim.target, truth=sim.truth, spacing=sim.spacing)
         t0 = time.perf_counter()
-        cls, psf = classical_output(classical, sim, true_psf=args.true_psf)
+        cls, psf = classical_output(classical, sim, true_psf=args.true_psf, measured_peak=args.measured_psf)
         t_cls = time.perf_counter() - t0
         m_cls = metrics.evaluate(cls, target=sim.target, truth=sim.truth, spacing=sim.spacing)
         refiner.restore(cls[:, :64, :64], sim.spacing, psf=psf)  # warm-up
@@ -174,7 +201,9 @@ def cmd_acceptance(args):
                      "refiner seconds": t_ref, "refiner s fp32": t_fp32, **{k: m[k] for k in KEYS},
                      "NRMSE drop": 1 - m["nrmse"] / m_cls["nrmse"]})
     print(f"machine: {machine()}; weights {refiner._path()}; precision {refiner.precision}"
-          + ("; the true PSF given (no PSF estimation)" if args.true_psf else "") + "\n")
+          + ("; the true PSF given (no PSF estimation)" if args.true_psf else "")
+          + (f"; a measured PSF given (simulated, peak {args.measured_psf:g} photons)" if args.measured_psf else "")
+          + "\n")
     from restore3d.refiner.precision import resolve_precision
     print(f"refiner precision 'auto' resolves to {resolve_precision('auto', 'cpu')} on this CPU\n")
     print(table(rows, ["setting", "stages", "seconds", "refiner seconds", "refiner s fp32"] + KEYS + ["NRMSE drop"]))
@@ -221,8 +250,11 @@ def main():
     b = sub.add_parser("acceptance")
     b.add_argument("--weights", default=None)
     b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--true-psf", action="store_true",
-                   help="give the stages the true PSF instead of estimating it (what PSF estimation costs)")
+    psf_source = b.add_mutually_exclusive_group()
+    psf_source.add_argument("--true-psf", action="store_true",
+                            help="give the stages the true PSF instead of estimating it (what PSF estimation costs)")
+    psf_source.add_argument("--measured-psf", type=float, default=None, metavar="PEAK",
+                            help="give the stages a simulated measurement of the PSF with PEAK photons at its maximum")
     c = sub.add_parser("adapt")
     c.add_argument("--minutes", type=float, default=3.0)
     c.add_argument("--psf", default="../shared/data/llsm-psf/psf.tif")

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -181,6 +182,32 @@ def tiny_pairs():
     from restore3d.refiner.data import SimulationRanges, make_pairs
     ranges = SimulationRanges(shape=(16, 48, 48), density=(0.03, 0.05), flux=(20000, 40000))
     return make_pairs(4, ranges, Pipeline([]), Normalizer(offset="median"), seed=0)
+
+
+def test_given_psf_probability_gives_the_stages_the_simulated_psf():
+    """Probability 1: the preceding stages run with the simulation's PSF; 0: the pair is as before."""
+    from restore3d.pipeline import Pipeline
+    from restore3d.psf import crop_psf
+    from restore3d.refiner.data import SimulationRanges, make_pair
+    from restore3d.simulate import simulate_beads
+    from restore3d.stages import EstimatePSF, RichardsonLucy, SubtractBackground
+    prefix = Pipeline([SubtractBackground(), EstimatePSF(), RichardsonLucy(iterations=3)])
+    ranges = SimulationRanges(shape=(16, 64, 64), density=(0.02, 0.02), flux=(20000, 20000))
+    norm = Normalizer(offset="median")
+    plain = make_pair(ranges, prefix, norm, seed=1)
+    zero = make_pair(dataclasses.replace(ranges, given_psf_probability=0.0), prefix, norm, seed=1)
+    given = make_pair(dataclasses.replace(ranges, given_psf_probability=1.0), prefix, norm, seed=1)
+    np.testing.assert_array_equal(zero.input, plain.input)
+    np.testing.assert_allclose(given.target * given.scale, plain.target * plain.scale, rtol=1e-6, atol=1e-9)
+    assert np.abs(given.input - plain.input).max() > 1e-3  # the estimate differs from the true PSF
+    # the same as running the stages with the simulation's PSF by hand
+    rng = np.random.default_rng(1)
+    sim = simulate_beads(**ranges.sample(rng), seed=rng)
+    res = prefix.run(sim.raw, spacing=sim.spacing, psf=crop_psf(sim.psf, sim.raw.shape), seed=1)
+    off, scale = norm.stats(np.asarray(res))
+    np.testing.assert_allclose(given.input, (np.asarray(res) - off) / scale, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="given_psf_probability must lie in"):
+        SimulationRanges(given_psf_probability=-0.1)
 
 
 def test_training_reduces_loss_and_output_not_constant(tmp_path, tiny_pairs):

@@ -36,6 +36,10 @@ class SimulationRanges:
     Lengths in micrometres, fluxes in photons, light levels in counts.
     ``psf`` fixes the PSF array (then ``spacing`` must be fixed too, as
     ``dz = (v, v)`` ranges): used to adapt to one microscope.
+    ``given_psf_probability`` is the fraction of volumes whose preceding
+    stages are given the simulation's PSF (cropped to the volume, as a
+    measured PSF would be) instead of estimating it from the beads, so the
+    refiner also suits runs with a measured PSF (``run(..., psf=...)``).
     """
 
     shape: tuple = (32, 128, 128)
@@ -52,7 +56,14 @@ class SimulationRanges:
     ambient_strength: tuple = (0.2, 0.8)
     offset: tuple = (50.0, 200.0)
     read_noise: tuple = (1.0, 5.0)
+    given_psf_probability: float = 0.0
     psf: object = None
+
+    def __post_init__(self):
+        for name in ("mismatch_probability", "given_psf_probability"):
+            p = getattr(self, name)
+            if not 0.0 <= float(p) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {p!r}")
 
     def sample(self, rng: np.random.Generator) -> dict:
         """Keyword arguments of :func:`restore3d.simulate.simulate_beads` for one volume."""
@@ -148,10 +159,15 @@ def make_pair(ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer
     kwargs = ranges.sample(rng)
     sim = simulate_beads(**kwargs, seed=rng)
     if len(prefix):
-        try:
-            res = prefix.run(sim.raw, spacing=sim.spacing, seed=seed)
-        except ValueError:
-            # too few isolated beads to estimate a PSF: give the stages the true one
+        # drawn after the simulation, so a zero probability leaves every pair as it was
+        given = ranges.given_psf_probability > 0 and rng.random() < ranges.given_psf_probability
+        res = None
+        if not given:
+            try:
+                res = prefix.run(sim.raw, spacing=sim.spacing, seed=seed)
+            except ValueError:
+                pass  # too few isolated beads to estimate a PSF: give the stages the true one
+        if res is None:
             psf = crop_psf(sim.psf, sim.raw.shape)
             res = prefix.run(sim.raw, spacing=sim.spacing, psf=psf, seed=seed)
         inp = apply_input_transform(np.asarray(res), sim.spacing, input_transform,
