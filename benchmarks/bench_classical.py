@@ -220,11 +220,17 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one seed only")
     ap.add_argument("--shared", default="../shared/data/llsm-psf/psf.tif")
     ap.add_argument("--speed-only", action="store_true", help="only the RL speed table")
+    ap.add_argument("--psf-only", action="store_true", help="only the PSF estimation table")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import os
     shared = args.shared if os.path.exists(args.shared) else None
     print(f"machine: {machine()}\n")
+    if args.psf_only:
+        print("## PSF estimation from the beads\n")
+        print(table(psf_accuracy(shared), ["volume", "beads used", "seconds", "FWHM z ratio", "FWHM y ratio",
+                                           "FWHM x ratio", "NCC"]))
+        return
     sim = simulate_beads(SHAPE, SP, seed=3)
     data = subtract_background(sim.raw, SP)
     print(f"## RL speed, {SHAPE} float32, PSF {sim.psf.shape}\n")

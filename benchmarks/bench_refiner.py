@@ -63,8 +63,8 @@ def measured_psf(sim, peak, seed=0):
     of margin on every side, scaled to ``peak`` photons at its maximum, put
     on 100 photons of background and a camera offset of 100, with Poisson
     and read noise (2 counts), and run through
-    :func:`restore3d.psf.prepare_psf` (background from the stack, clipped,
-    cropped back to the PSF's box, unit sum).
+    :func:`restore3d.psf.prepare_psf` with its defaults (background from the
+    stack, far field smoothed, clipped, cropped back to the PSF's box, unit sum).
     """
     from restore3d.psf import crop_psf, prepare_psf
     rng = np.random.default_rng(seed)

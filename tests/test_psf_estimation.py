@@ -81,3 +81,22 @@ def test_prepare_measured_psf():
         prepare_psf(np.full((9, 9, 9), 5.0))
     with pytest.raises(ValueError, match="must be 3D"):
         prepare_psf(np.ones((9, 9)))
+
+
+def test_prepare_measured_psf_denoises_the_far_field():
+    """Noise in a wide PSF's far field: smoothing it before the clip keeps the wings' light right."""
+    from restore3d.psf import crop_psf, make_psf, prepare_psf
+    sp = (0.25, 0.15, 0.15)
+    true = make_psf(sp, model="widefield", na=1.4, wavelength=0.68, n_immersion=1.518, n_sample=1.40, depth=15.0)
+    stack = np.zeros([n + 2 * (n // 2) for n in true.shape])
+    stack[tuple(slice(n // 2, n // 2 + n) for n in true.shape)] = true * (5000 / true.max())
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(stack + 100.0) + 100.0 + rng.normal(0.0, 2.0, stack.shape)
+    err = {d: np.abs(crop_psf(prepare_psf(counts, shape=true.shape, denoise=d), true.shape) - true).sum()
+           for d in (None, 2.0)}
+    assert err[2.0] < 0.6 * err[None]
+    # a noise-free stack is left as it is
+    clean = stack + 100.0
+    np.testing.assert_array_equal(prepare_psf(clean, denoise=2.0), prepare_psf(clean, denoise=None))
+    with pytest.raises(ValueError, match="denoise must be"):
+        prepare_psf(counts, denoise=-1.0)
