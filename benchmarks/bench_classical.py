@@ -226,10 +226,12 @@ def main():
     import os
     shared = args.shared if os.path.exists(args.shared) else None
     print(f"machine: {machine()}\n")
-    if args.psf_only:
-        print("## PSF estimation from the beads\n")
+    def psf_table():
         print(table(psf_accuracy(shared), ["volume", "beads used", "seconds", "FWHM z ratio", "FWHM y ratio",
                                            "FWHM x ratio", "NCC"]))
+    if args.psf_only:
+        print("## PSF estimation from the beads\n")
+        psf_table()
         return
     sim = simulate_beads(SHAPE, SP, seed=3)
     data = subtract_background(sim.raw, SP)
@@ -245,8 +247,7 @@ def main():
     print(table(background_methods(3), ["method", "seconds", "bias / noise", "rms error / noise",
                                         "peak kept (median)", "peak kept (p10)"]))
     print("\n## PSF estimation from the beads\n")
-    print(table(psf_accuracy(shared), ["volume", "beads used", "seconds", "FWHM z ratio", "FWHM y ratio",
-                                       "FWHM x ratio", "NCC"]))
+    psf_table()
     print("\n## Stage quality on fixed-seed simulations\n")
     seeds = [3] if args.quick else [3, 4]
     print(table(quality(seeds), ["seed", "pipeline", "seconds"] + METRIC_COLUMNS))

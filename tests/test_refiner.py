@@ -185,7 +185,7 @@ def tiny_pairs():
 
 
 def test_given_psf_probability_gives_the_stages_the_simulated_psf():
-    """Probability 1: the preceding stages run with the simulation's PSF; 0: the pair is as before."""
+    """Probability 1: the preceding stages run with the simulation's PSF; a draw that misses changes nothing."""
     from restore3d.pipeline import Pipeline
     from restore3d.psf import crop_psf
     from restore3d.refiner.data import SimulationRanges, make_pair
@@ -195,9 +195,11 @@ def test_given_psf_probability_gives_the_stages_the_simulated_psf():
     ranges = SimulationRanges(shape=(16, 64, 64), density=(0.02, 0.02), flux=(20000, 20000))
     norm = Normalizer(offset="median")
     plain = make_pair(ranges, prefix, norm, seed=1)
-    zero = make_pair(dataclasses.replace(ranges, given_psf_probability=0.0), prefix, norm, seed=1)
+    # the draw happens (probability > 0) but misses: simulation and estimate as without the option
+    missed = make_pair(dataclasses.replace(ranges, given_psf_probability=1e-12), prefix, norm, seed=1)
     given = make_pair(dataclasses.replace(ranges, given_psf_probability=1.0), prefix, norm, seed=1)
-    np.testing.assert_array_equal(zero.input, plain.input)
+    np.testing.assert_array_equal(missed.input, plain.input)
+    np.testing.assert_array_equal(missed.target, plain.target)
     np.testing.assert_allclose(given.target * given.scale, plain.target * plain.scale, rtol=1e-6, atol=1e-9)
     assert np.abs(given.input - plain.input).max() > 1e-3  # the estimate differs from the true PSF
     # the same as running the stages with the simulation's PSF by hand
