@@ -10,7 +10,15 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["as_volume", "as_spacing", "as_psf", "as_rng"]
+__all__ = ["as_volume", "as_spacing", "as_psf", "as_rng", "as_device", "check_voxel_spacing", "check_restorable",
+           "SPACING_RANGE_UM", "MIN_SHAPE"]
+
+#: Voxel sizes (micrometres) a light microscope records beads with; outside, the spacing is a mistake
+#: (pixels taken for micrometres, nanometres for micrometres) and the work would not fit in memory.
+SPACING_RANGE_UM = (0.005, 20.0)
+
+#: The smallest volume restore3d restores: planes, and pixels along y and x.
+MIN_SHAPE = (3, 8, 8)
 
 
 def as_volume(volume, *, name: str = "volume", copy: bool = False,
@@ -127,6 +135,48 @@ def as_rng(seed) -> np.random.Generator:
     """Return a ``numpy.random.Generator`` from a seed, a Generator or None."""
     if isinstance(seed, np.random.Generator):
         return seed
-    if seed is not None and not isinstance(seed, (numbers.Integral, np.random.SeedSequence)):
-        raise ValueError(f"seed must be an integer, a numpy Generator or None, got {seed!r}")
+    if seed is not None and (isinstance(seed, bool)
+                             or not isinstance(seed, (numbers.Integral, np.random.SeedSequence))):
+        raise ValueError(f"seed must be an integer >= 0, a numpy Generator or None, got {seed!r}")
+    if isinstance(seed, numbers.Integral) and seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     return np.random.default_rng(seed)
+
+
+def check_voxel_spacing(spacing, *, name: str = "spacing") -> tuple[float, float, float]:
+    """:func:`as_spacing`, and each size within :data:`SPACING_RANGE_UM` (a plausible microscope)."""
+    values = as_spacing(spacing, name=name)
+    lo, hi = SPACING_RANGE_UM
+    bad = [f"d{a}={v:g}" for a, v in zip("zyx", values) if not lo <= v <= hi]
+    if bad:
+        raise ValueError(
+            f"{name} {values} is not a light microscope's voxel size ({', '.join(bad)} outside {lo}-{hi} um): "
+            "give it in micrometres (e.g. (0.3, 0.1, 0.1)); a file in pixel units needs --spacing")
+    return values
+
+
+def check_restorable(shape, *, name: str = "volume") -> None:
+    """Refuse volumes too small to hold a bead and its surroundings (:data:`MIN_SHAPE`)."""
+    small = [f"{n} {a}" for n, a, m in zip(shape, ("planes", "rows", "columns"), MIN_SHAPE) if n < m]
+    if small:
+        raise ValueError(
+            f"{name} of shape {tuple(shape)} is too small to restore ({', '.join(small)}); restore3d needs at "
+            f"least {MIN_SHAPE[0]} planes of {MIN_SHAPE[1]} x {MIN_SHAPE[2]} pixels around the beads")
+
+
+def as_device(device) -> str | None:
+    """Validate a torch device name (None, "cpu", "cuda", "cuda:N") and that it is available, before work."""
+    if device is None:
+        return None
+    text = str(device).strip().lower()
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if kind == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but this machine has no usable CUDA GPU "
+                             "(or this PyTorch build has no CUDA); use device='cpu'")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return text

@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ._checks import as_psf, as_rng, as_spacing
-from .pipeline import PASSTHROUGH, Pipeline, RunContext
+from ._checks import MIN_SHAPE, as_device, as_rng, as_spacing, check_restorable, check_voxel_spacing
+from .pipeline import PASSTHROUGH, Pipeline, RunContext, _intensity_gain
 
 __all__ = ["freeze_pipeline", "run_chunked", "pipeline_halo", "pipeline_alignment"]
 
@@ -40,8 +40,9 @@ def freeze_pipeline(pipeline: Pipeline, sample: np.ndarray, *, spacing, psf=None
                     device=None) -> tuple[Pipeline, RunContext]:
     """Measure global quantities on ``sample`` and return the pipeline every chunk runs, with its context."""
     spacing = as_spacing(spacing)
-    ctx = RunContext(spacing=spacing, psf=None if psf is None else as_psf(psf), rng=as_rng(seed),
-                     device=device)
+    from .psf import given_psf
+    ctx = RunContext(spacing=spacing, psf=None if psf is None else given_psf(psf, volume_shape=sample.shape),
+                     rng=as_rng(seed), device=device)
     vol = np.asarray(sample, np.float32).copy()
     frozen = []
     stages = [(n, s) for n, s in pipeline.steps if s != PASSTHROUGH]
@@ -104,19 +105,29 @@ def run_chunked(pipeline: Pipeline, volume, *, spacing: Sequence[float], chunks=
         restore3d.io.write_zarr("restored.zarr", out, spacing=spacing)
     """
     import dask.array as da
-    spacing = as_spacing(spacing)
+    spacing = check_voxel_spacing(spacing)
+    device = as_device(device)
+    chunks = _positive_triple(chunks, "chunks")
     arr = volume if isinstance(volume, da.Array) else da.from_array(volume, chunks=chunks)
     if arr.ndim != 3:
         raise ValueError(f"volume must be 3D (z, y, x), got shape {arr.shape}")
-    grid = pipeline_alignment(pipeline, spacing)
-    chunks = _round_up([min(c, n) for c, n in zip(chunks, arr.shape)], grid)
-    arr = arr.rechunk(tuple(min(c, n) for c, n in zip(chunks, arr.shape))).astype(np.float32)
-    frozen, ctx = freeze_pipeline(pipeline, _sample(arr, sample_shape), spacing=spacing, psf=psf, seed=seed,
+    check_restorable(arr.shape)
+    sample = _sample(arr, sample_shape)
+    gain = _intensity_gain(sample)  # one scale for every chunk: frozen levels are absolute
+    frozen, ctx = freeze_pipeline(pipeline, sample * np.float32(gain), spacing=spacing, psf=psf, seed=seed,
                                   device=device)
+    grid = pipeline_alignment(frozen, spacing)
     if halo is None:
         halo = pipeline_halo(frozen, spacing, ctx.psf)
     # halos on the stages' grid: every chunk then sees the same wavelet blocks and poolings as the whole
-    halo = _round_up(halo, grid)
+    halo = _round_up(_positive_triple(halo, "halo", allow_zero=True), grid)
+    # a chunk thinner than its halo would get less context than the stages need: enlarge it
+    wanted = [max(c, h, m) for c, h, m in zip(chunks, halo, MIN_SHAPE)]
+    final = tuple(min(c, n) for c, n in zip(_round_up(wanted, grid), arr.shape))
+    if any(f > min(c, n) for f, c, n in zip(final, chunks, arr.shape)):
+        log.info("chunks %s enlarged to %s: a chunk must be at least its halo %s of context", tuple(chunks),
+                 final, tuple(halo))
+    arr = arr.rechunk(final).astype(np.float32)
     halo = tuple(int(min(h, c)) for h, c in zip(halo, arr.chunksize))
     log.info("chunked run: chunks %s, halo %s, PSF %s", arr.chunksize, halo,
              None if ctx.psf is None else ctx.psf.shape)
@@ -125,11 +136,26 @@ def run_chunked(pipeline: Pipeline, volume, *, spacing: Sequence[float], chunks=
     def restore_block(block):
         if block.size == 0 or min(block.shape) == 0:
             return block.astype(np.float32)
+        block = np.asarray(block, np.float32) * np.float32(gain)
+        pad = [(0, max(0, m - n)) for n, m in zip(block.shape, MIN_SHAPE)]  # a thin remainder at an edge
+        padded = np.pad(block, pad, mode="edge") if any(b for _, b in pad) else block
         psf_b = fixed_psf
-        if psf_b is not None and any(p > n for p, n in zip(psf_b.shape, block.shape)):
+        if psf_b is not None and any(p > n for p, n in zip(psf_b.shape, padded.shape)):
             from .psf import crop_psf
-            psf_b = crop_psf(psf_b, block.shape)
-        res = frozen.run(np.asarray(block), spacing=spacing, psf=psf_b, seed=seed, device=device)
-        return np.asarray(res, np.float32)
+            psf_b = crop_psf(psf_b, padded.shape)
+        res = frozen.run(padded, spacing=spacing, psf=psf_b, seed=seed, device=device, rescale=False)
+        out = np.asarray(res, np.float32)[tuple(slice(0, n) for n in block.shape)]
+        return out / np.float32(gain)
 
     return arr.map_overlap(restore_block, depth=halo, boundary="none", dtype=np.float32, trim=True)
+
+
+def _positive_triple(values, name, allow_zero=False):
+    try:
+        vals = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be three whole numbers (z, y, x), got {values!r}") from None
+    low = 0 if allow_zero else 1
+    if len(vals) != 3 or any(v < low for v in vals) or any(float(v) != float(w) for v, w in zip(vals, values)):
+        raise ValueError(f"{name} must be three whole numbers >= {low} (z, y, x), got {tuple(values)!r}")
+    return vals

@@ -49,14 +49,28 @@ def _check_output(path: Path, inputs, overwrite: bool, *, suffix: str | None = N
             raise UserError(f"{path}: refusing to overwrite the input; choose another output name")
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.exists():
-        raise UserError(f"{path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name")
+    from ._files import check_writable
+    check_writable(path)
     if suffix is not None:
         if path.suffix.lower() != suffix:
             raise UserError(f"{path}: expected a {suffix} file")
     else:
         from . import io
         io.format_of(path)
+
+
+def _check_distinct(named, in_path):
+    """Every file one command writes or reads must be its own: refuse two roles for one path, before work."""
+    seen = {Path(in_path).resolve(): "the input"}
+    for role, path in named:
+        if not path:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            raise UserError(f"{path}: given both as {role} and as {seen[key]}; every output needs its own file")
+        seen[key] = role
 
 
 def _load(path, args):
@@ -105,15 +119,11 @@ def _save(path, volume, spacing, *, axes=None, variable="volume"):
 
 
 def _measured_psf(path):
-    """A PSF file: a clean unit-sum PSF is used as is; a raw bead stack loses its offset first."""
-    from . import io
-    from .psf import prepare_psf
-    arr, _ = io.load(path)
-    border = np.concatenate([arr[[0, -1]].ravel(), arr[:, [0, -1]].ravel(), arr[:, :, [0, -1]].ravel()])
-    if float(np.median(border)) > 1e-3 * float(arr.max()):
-        log.info("%s: removing the PSF stack's background level %.3g", path, float(np.median(arr)))
-        return prepare_psf(arr)
-    return arr
+    """A PSF file, checked and centred (:func:`restore3d.psf.given_psf`; a raw bead stack loses its offset)."""
+    from .psf import given_psf
+    if not Path(path).exists():
+        raise UserError(f"--psf {path}: no such file")
+    return given_psf(Path(path), name=f"--psf {path}")
 
 
 def _pipeline(args):
@@ -152,6 +162,10 @@ def cmd_run(args):
         return run_batch(inputs, args, pipeline_spec=_pipeline(args).to_dict())
     in_path, out_path = Path(inputs[0]), Path(args.output)
     _check_output(out_path, [in_path], args.overwrite)
+    _check_distinct([("output", out_path), ("--save-psf", args.save_psf), ("--beads", args.beads),
+                     ("--figure", args.figure), ("--psf", args.psf), ("--config", args.config)], in_path)
+    from ._checks import as_device
+    as_device(args.device)
     if io.format_of(in_path) == "zarr" or args.chunks:
         return _run_chunked(in_path, out_path, args)
     for extra, suffix in ((args.save_psf, None), (args.beads, ".csv"), (args.figure, ".png")):
@@ -361,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output file, or a folder for a batch")
     _volume_opts(p)
     p.add_argument("--config", help="pipeline JSON (Pipeline.save) instead of the default pipeline")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     p.add_argument("--no-refiner", action="store_true", help="stop after the classical stages")
     p.add_argument("--psf", help="a measured PSF file on the same spacing (skips estimation)")
     p.add_argument("--save-psf", help="write the PSF used (.tif)")

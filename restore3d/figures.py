@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ._checks import as_spacing
+from ._files import atomic_write
 
 __all__ = ["projections_figure", "psf_figure"]
 
@@ -94,8 +95,7 @@ def projections_figure(path, volumes: dict, spacing: Sequence[float], *, title: 
         fig.text(0.01, 0.005, table, family="monospace", fontsize=7, va="bottom")
     fig.tight_layout(rect=(0, extra / (row_h * n + extra + 0.6), 1, 0.97))
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -126,6 +126,12 @@ def psf_figure(path, psf: np.ndarray, spacing: Sequence[float], *, fwhm_um=None,
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return path
+
+
+def _save(fig, path):
+    """Write a figure atomically (same format as the path's extension) and close it."""
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    _plt().close(fig)

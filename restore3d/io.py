@@ -14,12 +14,15 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from struct import error as struct_error
+
 import numpy as np
 
 from ._checks import as_spacing
+from ._files import atomic_write
 
 __all__ = ["load", "save", "write_table", "read_table", "parse_axes", "format_of",
-           "atomic_path", "open_zarr", "write_zarr"]
+           "open_zarr", "write_zarr", "unit_to_um", "UNITS_UM"]
 
 log = logging.getLogger(__name__)
 
@@ -97,31 +100,57 @@ def _pick_variable(candidates: dict, path, variable, kind):
                      "save the stack as one 3D variable")
 
 
+#: Length units found in file metadata, in micrometres. Anything else ("pixel", "inch", blank) is no spacing.
+UNITS_UM = {"nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "um": 1.0, "µm": 1.0, "μm": 1.0,
+            "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "mm": 1e3, "millimeter": 1e3,
+            "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6, "metre": 1e6}
+
+
+def unit_to_um(unit) -> float | None:
+    """Micrometres per ``unit`` (a length unit name as files write it), or None when not a known length."""
+    if unit is None:
+        return None
+    key = str(unit).strip().lower().replace("\\u00b5", "µ").replace("\\u03bc", "μ")
+    return UNITS_UM.get(key)
+
+
 def _spacing_from_meta(spacing, axes_saved, path):
-    """Spacing stored next to the data, reordered to (z, y, x), or None."""
+    """Spacing stored next to the data, reordered to (z, y, x), or None (with a warning) when unusable."""
     if spacing is None:
         return None
-    values = np.asarray(spacing, dtype=float).ravel()
+    try:
+        values = np.asarray(spacing, dtype=float).ravel()
+    except (TypeError, ValueError):
+        log.warning("%s: ignoring the stored spacing %r (not numbers); pass --spacing DZ DY DX", path, spacing)
+        return None
     if values.size != 3:
         log.warning("%s: ignoring stored spacing %s (expected 3 values)", path, values)
         return None
     order = parse_axes(axes_saved) if axes_saved else "zyx"
-    return as_spacing(tuple(values[order.index(a)] for a in "zyx"))
+    try:
+        return as_spacing(tuple(values[order.index(a)] for a in "zyx"))
+    except ValueError as exc:
+        log.warning("%s: ignoring the stored spacing %s (%s); pass --spacing DZ DY DX", path, values.tolist(), exc)
+        return None
 
 
 # ----------------------------------------------------------------------------- MATLAB
 _MAT73_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def _is_hdf5(path) -> bool:
+def _hdf5_kind(path) -> str | None:
+    """``"matlab"`` (HDF5 behind MATLAB's 512-byte header), ``"plain"`` (an HDF5 file written with
+    h5py or similar) or None (not HDF5)."""
     with open(path, "rb") as fh:
-        fh.seek(512)
-        return fh.read(8) == _MAT73_SIGNATURE
+        head = fh.read(520)
+    if head[512:520] == _MAT73_SIGNATURE:
+        return "matlab"
+    return "plain" if head[:8] == _MAT73_SIGNATURE else None
 
 
 def _read_mat(path, variable):
     try:
-        hdf5 = _is_hdf5(path)
+        hdf5 = _hdf5_kind(path)
     except OSError as exc:
         raise ValueError(f"{path}: cannot read file: {exc}") from exc
     if hdf5:
@@ -131,15 +160,16 @@ def _read_mat(path, variable):
                 arrays = {k: fh[k] for k in fh.keys() if isinstance(fh[k], h5py.Dataset)
                           and not k.startswith("#")}
                 name = _pick_variable(arrays, path, variable, "MATLAB v7.3")
-                # MATLAB stores column-major: h5py sees the axes reversed
-                data = np.asarray(arrays[name][()]).T
+                data = np.asarray(arrays[name][()])
+                if hdf5 == "matlab" or "MATLAB_class" in arrays[name].attrs:
+                    data = data.T  # MATLAB stores column-major: h5py sees the axes reversed
                 spacing = np.asarray(fh[_SPACING_VAR][()]).ravel() if _SPACING_VAR in fh else None
                 axes_saved = None
                 if _AXES_VAR in fh:
                     codes = np.asarray(fh[_AXES_VAR][()]).ravel()
                     axes_saved = "".join(chr(int(c)) for c in codes)
-        except (OSError, KeyError) as exc:
-            raise ValueError(f"{path}: not a readable MATLAB v7.3 file ({exc})") from exc
+        except (OSError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a readable MATLAB v7.3 / HDF5 file ({exc})") from exc
         return data, name, spacing, axes_saved
     from scipy import io as sio
     try:
@@ -199,7 +229,12 @@ def _read_tiff(path):
             data = series.asarray()
             file_axes = series.axes.upper()
             spacing = _tiff_spacing(tf, file_axes)
-    except (tifffile.TiffFileError, OSError, ValueError) as exc:
+            declared = (tf.imagej_metadata or {}).get("images")
+            if declared and int(declared) > 1 and len(tf.pages) < int(declared):
+                raise ValueError(f"the file declares {declared} images but holds {len(tf.pages)}: "
+                                 "it is truncated (an interrupted copy or save?)")
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, TypeError,
+            struct_error) as exc:
         raise ValueError(f"{path}: not a readable TIFF file ({exc})") from exc
     # drop singleton time / channel axes, keep a readable error for real 4D data
     keep = [i for i, a in enumerate(file_axes) if not (data.shape[i] == 1 and a not in "ZYX")]
@@ -216,10 +251,17 @@ def _tiff_spacing(tf, file_axes):
         pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
         if pixels is not None:
             vals = [pixels.get(f"PhysicalSize{a}") for a in "ZYX"]
-            if all(v is not None for v in vals[1:]):
-                dz = float(vals[0]) if vals[0] is not None else None
-                if dz is not None:
-                    return float(dz), float(vals[1]), float(vals[2])
+            if all(v is not None for v in vals):
+                out = []
+                for a, v in zip("ZYX", vals):
+                    unit = pixels.get(f"PhysicalSize{a}Unit", "µm")  # the OME default unit
+                    scale = unit_to_um(unit)
+                    if scale is None:
+                        log.warning("%s: voxel size unit %r is not a length restore3d knows; "
+                                    "pass --spacing DZ DY DX", tf.filehandle.path, unit)
+                        return None
+                    out.append(float(v) * scale)
+                return tuple(out)
     meta = tf.imagej_metadata
     if meta and "spacing" in meta:
         page = tf.pages[0]
@@ -232,8 +274,12 @@ def _tiff_spacing(tf, file_axes):
             if num == 0:
                 return None
             res.append(den / num)
-        unit = str(meta.get("unit", "um")).lower().replace("\\u00b5", "u")
-        scale = {"um": 1.0, "micron": 1.0, "µm": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit, 1.0)
+        unit = meta.get("unit", "um")
+        scale = unit_to_um(unit)
+        if scale is None:
+            log.warning("%s: voxel size in %r, not a length unit; pass --spacing DZ DY DX (micrometres)",
+                        tf.filehandle.path, unit)
+            return None
         return float(meta["spacing"]) * scale, res[0] * scale, res[1] * scale
     return None
 
@@ -323,23 +369,23 @@ def load(path, *, axes: str | None = None, variable: str | None = None):
             stored_axes = file_axes.lower()
         elif axes is None and data.ndim == 3:
             stored_axes = "zyx"
+    if spacing is not None and fmt == "tiff":
+        try:
+            spacing = as_spacing(spacing)
+        except ValueError as exc:
+            log.warning("%s: ignoring the stored voxel size %s (%s); pass --spacing DZ DY DX", path, spacing, exc)
+            spacing = None
+    if axes is None and fmt == "mat" and stored_axes is None and 2 * data.shape[2] <= min(data.shape[:2]):
+        # MATLAB stacks are (y, x, z): a last axis far shorter than the others is depth
+        stored_axes = "yxz"
+        log.warning("%s: no axis order stored and the last axis (%d) is far shorter than the others %s: "
+                    "reading it as depth, axes='yxz' (MATLAB's convention); pass axes='zyx' (--axes zyx) "
+                    "if the first axis is depth", path, data.shape[2], data.shape[:2])
     order = parse_axes(axes if axes is not None else stored_axes)
-    if axes is None and fmt == "mat" and stored_axes is None and data.shape[2] < min(data.shape[:2]):
-        log.info("%s: reading as (z, y, x) with shape %s; if depth is the last axis, pass axes='yxz'",
-                 path, data.shape)
     volume = np.ascontiguousarray(_to_zyx(data, order), dtype=np.float32)
     if not np.isfinite(volume).all():
         log.warning("%s contains NaN or Inf values", path)
     return volume, spacing
-
-
-def atomic_path(path) -> Path:
-    """A temporary path in the same folder as ``path`` with the same extension."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".tmp",
-                               dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    return Path(tmp)
 
 
 def save(path, volume, *, spacing: Sequence[float] | None = None, axes: str | None = None,
@@ -392,11 +438,10 @@ def save(path, volume, *, spacing: Sequence[float] | None = None, axes: str | No
         raise ValueError(f"{path}: TIFF stacks are written as (z, y, x); drop axes={axes!r}")
     if not path.parent.exists():
         raise ValueError(f"{path}: folder {path.parent} does not exist")
-    tmp = atomic_path(path)
-    try:
-        if fmt == "zarr":
-            write_zarr(path, _from_zyx(arr, order), spacing=spacing)  # atomic by itself
-            return path
+    if fmt == "zarr":
+        write_zarr(path, _from_zyx(arr, order), spacing=spacing)  # atomic by itself
+        return path
+    with atomic_write(path) as tmp:
         if fmt == "mat":
             if mat_version == "5" and arr.nbytes > 2 ** 31 - 1024:
                 log.info("%s: volume above 2 GB, writing MATLAB v7.3", path)
@@ -417,10 +462,6 @@ def save(path, volume, *, spacing: Sequence[float] | None = None, axes: str | No
                 extra = {_AXES_VAR: np.asarray(order)}
             with open(tmp, "wb") as fh:
                 np.savez(fh, **{variable: _from_zyx(arr, order)}, **extra)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -430,17 +471,12 @@ def write_table(path, table: np.ndarray) -> Path:
     names = table.dtype.names
     if not names:
         raise ValueError("table must be a structured array with named columns")
-    tmp = atomic_path(path)
-    try:
+    with atomic_write(path) as tmp:
         with open(tmp, "w") as fh:
             fh.write(",".join(names) + "\n")
             for row in table:
                 fh.write(",".join(str(int(v)) if isinstance(v, (bool, np.bool_)) else f"{v:.6g}"
                                   for v in row) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import numbers
 import re
 import time
 from pathlib import Path
@@ -20,10 +21,14 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
-from ._checks import as_psf, as_rng, as_spacing, as_volume
+from ._checks import as_device, as_rng, as_volume, check_restorable, check_voxel_spacing
+from ._files import atomic_write
 from ._version import __version__
 
-__all__ = ["Stage", "RunContext", "Result", "Pipeline", "stage_types", "PASSTHROUGH"]
+__all__ = ["Stage", "RunContext", "Result", "Pipeline", "stage_types", "PASSTHROUGH", "FORMAT"]
+
+#: Schema of a pipeline description (``Pipeline.to_dict``); older files without it are read as this one.
+FORMAT = "restore3d-pipeline/1"
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,10 @@ class RunContext:
         Whether stages show progress bars.
     beads : structured ndarray or None
         A bead table, when a stage produced one.
+    background_free : ndarray or None
+        The volume with its ambient light removed, set by
+        :class:`~restore3d.SubtractBackground`: what later stages' results
+        must stay consistent with (:mod:`restore3d.selfcheck`).
     info : dict
         Anything else stages report (e.g. ``info["psf"]`` statistics); it
         ends up on the :class:`Result`.
@@ -72,6 +81,7 @@ class RunContext:
     device: str | None = None
     progress: bool = False
     beads: np.ndarray | None = None
+    background_free: np.ndarray | None = None
     info: dict = dataclasses.field(default_factory=dict)
 
 
@@ -106,6 +116,23 @@ class Stage:
         """The constructor arguments of this stage, by name."""
         return {name: getattr(self, name) for name in self._param_names()}
 
+    def validate(self) -> "Stage":
+        """Check every parameter against its annotated type; ``ValueError`` names the first wrong one.
+
+        Called when a pipeline is loaded, when parameters are set and before
+        a run does any work, so ``{"iterations": "ten"}`` fails where it was
+        written, not two stages later. Annotations of ``int``, ``float``,
+        ``bool``, ``str``, ``dict``, ``list`` / ``tuple`` (and ``| None``) are
+        checked; others accept anything.
+        """
+        hints = {p.name: p.annotation for p in inspect.signature(type(self).__init__).parameters.values()}
+        for name in self._param_names():
+            ok = _type_ok(getattr(self, name), hints.get(name, inspect.Parameter.empty))
+            if not ok:
+                raise ValueError(f"{type(self).__name__}: parameter {name!r} must be "
+                                 f"{_describe(hints[name])}, got {getattr(self, name)!r}")
+        return self
+
     def set_params(self, **params) -> "Stage":
         """Change constructor arguments in place; unknown names raise ``ValueError``."""
         valid = self._param_names()
@@ -114,7 +141,7 @@ class Stage:
                 raise ValueError(
                     f"{type(self).__name__} has no parameter {key!r}; valid parameters: {valid}")
             setattr(self, key, value)
-        return self
+        return self.validate()
 
     def halo(self, spacing, psf) -> tuple[int, int, int]:
         """Voxels of context this stage needs on each side of a chunk (z, y, x)."""
@@ -144,6 +171,34 @@ class Stage:
         return f"{type(self).__name__}({', '.join(shown)})"
 
 
+_TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool, np.bool_), "str": (str,),
+          "dict": (dict,), "list": (list, tuple), "tuple": (list, tuple)}
+
+
+def _type_ok(value, annotation) -> bool:
+    if annotation is inspect.Parameter.empty or not isinstance(annotation, str):
+        return True
+    tokens = [t.strip() for t in annotation.split("|")]
+    if value is None:
+        return "None" in tokens or not all(t in _TYPES or t == "None" for t in tokens)
+    allowed = []
+    for t in tokens:
+        if t == "None":
+            continue
+        if t not in _TYPES:
+            return True  # a type this check does not know: anything goes
+        allowed.extend(_TYPES[t])
+    if isinstance(value, (bool, np.bool_)) and bool not in allowed:
+        return False  # True is an int in Python, not an iteration count
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    return isinstance(value, tuple(allowed))
+
+
+def _describe(annotation) -> str:
+    return " or ".join(t.strip() for t in str(annotation).split("|"))
+
+
 def _short_repr(v):
     if isinstance(v, np.ndarray):
         return f"<array {v.shape} {v.dtype}>"
@@ -166,6 +221,11 @@ def _encode(value, where):
         return str(value)
     raise TypeError(f"{where} has a value of type {type(value).__name__} that cannot be saved as "
                     "JSON; use numbers, strings, lists, dicts or arrays")
+
+
+def _version_tuple(text) -> tuple:
+    parts = re.findall(r"\d+", str(text))
+    return tuple(int(p) for p in parts[:3])
 
 
 def _decode(value):
@@ -231,6 +291,18 @@ class Result:
         t = self.timings.get("total", float("nan"))
         return (f"Result(shape={self.volume.shape}, spacing={self.spacing}, "
                 f"psf={'yes' if self.psf is not None else 'no'}, total={t:.2f} s)")
+
+
+def _intensity_gain(vol) -> float:
+    """A power of two that brings a volume's values near 10^3 when they are extreme (exact in float32).
+
+    Stages guard divisions with small absolute floors; a volume in units that
+    make every value tiny (or huge) would meet them everywhere.
+    """
+    top = float(np.abs(vol).max())
+    if top == 0.0 or 1e-2 <= top <= 1e8:
+        return 1.0
+    return float(2.0 ** int(np.round(np.log2(1024.0 / top))))
 
 
 class Pipeline:
@@ -373,16 +445,25 @@ class Pipeline:
             else:
                 steps.append({"name": name, "stage": type(stage).__name__,
                               "params": _encode(stage.get_params(), f"step {name!r}")})
-        return {"restore3d_version": __version__, "steps": steps}
+        return {"format": FORMAT, "restore3d_version": __version__, "steps": steps}
 
     @classmethod
     def from_dict(cls, spec: dict) -> "Pipeline":
         """Rebuild a pipeline from :meth:`to_dict` output; unknown stages or keys raise ``ValueError``."""
-        if not isinstance(spec, dict) or "steps" not in spec:
+        if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list):
             raise ValueError("a pipeline description is a dict with a 'steps' list")
-        unknown_top = sorted(set(spec) - {"steps", "restore3d_version"})
+        unknown_top = sorted(set(spec) - {"steps", "restore3d_version", "format"})
         if unknown_top:
-            raise ValueError(f"unknown pipeline keys {unknown_top}; expected 'steps' (and 'restore3d_version')")
+            raise ValueError(f"unknown pipeline keys {unknown_top}; expected 'format', 'restore3d_version' and "
+                             "'steps'")
+        fmt = spec.get("format", FORMAT)  # files before the schema version had the same layout
+        if fmt != FORMAT:
+            raise ValueError(f"pipeline format {fmt!r} is not {FORMAT!r}, the one this restore3d "
+                             f"({__version__}) reads; write it again with this version or upgrade restore3d")
+        written = spec.get("restore3d_version")
+        if written is not None and _version_tuple(written) > _version_tuple(__version__):
+            log.warning("this pipeline was written by restore3d %s, newer than this one (%s): stages or "
+                        "defaults may differ", written, __version__)
         steps = []
         for i, item in enumerate(spec["steps"]):
             if not isinstance(item, dict) or "stage" not in item:
@@ -398,19 +479,26 @@ class Pipeline:
                 if kind not in _REGISTRY:
                     raise ValueError(f"step {i}: unknown stage type {kind!r}; known: {sorted(_REGISTRY)}")
                 klass = _REGISTRY[kind]
-                params = _decode(item.get("params", {}))
+                params = _decode(item.get("params") or {})
+                if not isinstance(params, dict):
+                    raise ValueError(f"step {i} ({kind}): 'params' must be a dict of parameters, got {params!r}")
                 valid = klass._param_names()
                 bad = sorted(set(params) - set(valid))
                 if bad:
                     raise ValueError(f"step {i} ({kind}): unknown parameters {bad}; valid: {valid}")
-                stage = klass(**params)
+                try:
+                    stage = klass(**params).validate()
+                except ValueError as exc:
+                    raise ValueError(f"step {i}: {exc}") from None
             steps.append((name, stage) if name else stage)
         return cls(steps)
 
     def save(self, path) -> Path:
         """Write :meth:`to_dict` as a JSON file."""
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        text = json.dumps(self.to_dict(), indent=2)
+        with atomic_write(path) as tmp:
+            tmp.write_text(text)
         return path
 
     @classmethod
@@ -421,6 +509,10 @@ class Pipeline:
             spec = json.loads(path.read_text())
         except FileNotFoundError:
             raise ValueError(f"{path}: no such pipeline file") from None
+        except IsADirectoryError:
+            raise ValueError(f"{path} is a folder; give the pipeline's .json file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the pipeline file ({exc})") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from exc
         try:
@@ -430,7 +522,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ running
     def run(self, volume, *, spacing, psf=None, seed=0, device: str | None = None,
-            progress: bool = False, logger: logging.Logger | None = None, keep=()) -> Result:
+            progress: bool = False, logger: logging.Logger | None = None, keep=(),
+            rescale: bool = True) -> Result:
         """Restore one volume.
 
         Parameters
@@ -452,6 +545,9 @@ class Pipeline:
         keep : sequence of str
             Names of steps whose outputs are kept in ``Result.intermediates``
             (to compare stages without running them twice).
+        rescale : bool
+            Work on a volume of extreme values times a power of two (see
+            Notes); chunk-wise runs fix that scale once for all chunks.
 
         Returns
         -------
@@ -460,18 +556,43 @@ class Pipeline:
         Raises
         ------
         ValueError
-            Input not 3D, empty, non-numeric or non-finite; spacing missing or
-            not positive; PSF larger than the volume.
+            Before any work: input not 3D, empty, smaller than
+            :data:`restore3d._checks.MIN_SHAPE`, non-numeric or non-finite;
+            spacing missing, not positive or outside a microscope's range
+            (:data:`restore3d._checks.SPACING_RANGE_UM`); a stage parameter of
+            the wrong type; an unknown or unavailable device; a PSF that is
+            larger than the volume or holds several beads.
+
+        Notes
+        -----
+        A given PSF is centred on its peak (:func:`restore3d.psf.given_psf`).
+        A volume whose values are extreme (largest below 0.01 or above 1e8)
+        is processed times a power of two and scaled back, so units do not
+        matter; stage reports in ``Result.info`` are then in the scaled units
+        (``info["intensity_gain"]`` says by how much).
         """
         vol = as_volume(volume, copy=True)
-        sp = as_spacing(spacing)
+        check_restorable(vol.shape)
+        sp = check_voxel_spacing(spacing)
+        device = as_device(device)
+        rng = as_rng(seed)
         names = [n for n, _ in self.steps]
         unknown = [k for k in keep if k not in names]
         if unknown:
             raise ValueError(f"keep names unknown steps {unknown}; steps are {names}")
+        for _, stage in self.steps:
+            if stage != PASSTHROUGH:
+                stage.validate()
+        from .psf import given_psf
+        psf_arr = given_psf(psf, volume_shape=vol.shape) if psf is not None else None
+        gain = _intensity_gain(vol) if rescale else 1.0
+        if gain != 1.0:
+            ctx_logger = logger or log
+            ctx_logger.info("volume values around %.3g: working on them times 2**%d, the result scaled back",
+                            float(np.abs(vol).max()), int(np.log2(gain)))
+            vol *= np.float32(gain)
         kept: dict[str, np.ndarray] = {}
-        psf_arr = as_psf(psf, volume_shape=vol.shape) if psf is not None else None
-        ctx = RunContext(spacing=sp, psf=psf_arr, rng=as_rng(seed), logger=logger or log,
+        ctx = RunContext(spacing=sp, psf=psf_arr, rng=rng, logger=logger or log,
                          device=device, progress=progress)
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -492,5 +613,10 @@ class Pipeline:
             ctx.info.setdefault("history", []).append(type(stage).__name__)
             ctx.logger.info("stage %r done in %.2f s", name, timings[name])
         timings["total"] = time.perf_counter() - start
+        if gain != 1.0:
+            vol /= np.float32(gain)
+            for k in kept:
+                kept[k] /= np.float32(gain)
+            ctx.info["intensity_gain"] = gain
         return Result(vol, spacing=sp, psf=ctx.psf, timings=timings, beads=ctx.beads,
                       pipeline=self.to_dict(), info=ctx.info, intermediates=kept)

@@ -15,8 +15,11 @@ from scipy import special
 from ._checks import as_psf, as_spacing
 from ._profiles import FWHM_PER_SIGMA, profile_fwhm
 
-__all__ = ["gaussian_psf", "widefield_psf", "make_psf", "fwhm", "centre_psf",
-           "crop_psf", "widefield_fwhm", "prepare_psf"]
+__all__ = ["gaussian_psf", "widefield_psf", "confocal_psf", "lightsheet_psf", "make_psf", "fwhm",
+           "centre_psf", "crop_psf", "widefield_fwhm", "prepare_psf", "given_psf", "MODELS", "MAX_PSF_HALF"]
+
+#: Largest half-size (voxels) of a model PSF along any axis: a longer default is cut there, with a warning.
+MAX_PSF_HALF = 128
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def gaussian_psf(spacing: Sequence[float], *, fwhm_lateral: float, fwhm_axial: f
             raise ValueError(f"{label} must be a positive number of micrometres, got {v!r}")
     widths = (fwhm_axial, fwhm_lateral, fwhm_lateral)
     if shape is None:
-        shape = tuple(2 * int(np.ceil(2.0 * w / d)) + 1 for w, d in zip(widths, spacing))
+        shape = tuple(2 * min(int(np.ceil(2.0 * w / d)), MAX_PSF_HALF) + 1 for w, d in zip(widths, spacing))
     shape = _odd_shape(shape)
     profiles = []
     for n, d, w in zip(shape, spacing, widths):
@@ -170,6 +173,10 @@ def widefield_psf(spacing: Sequence[float], *, na: float = 1.4, wavelength: floa
         # room for the focal shift and spread that depth aberration adds
         extra = 2.0 * depth * abs(1.0 - n_sample / n_immersion)
         hz = int(np.ceil((2.5 * fwhm_ax + extra) / dz))
+        if hz > MAX_PSF_HALF:
+            log.warning("widefield PSF: %d planes of %g um would be needed; cut to %d (check the spacing)",
+                        2 * hz + 1, dz, 2 * MAX_PSF_HALF + 1)
+            hz = MAX_PSF_HALF
         sin_t = min(na_eff / n_sample, 0.999)
         cone = hz * dz * sin_t / np.sqrt(1 - sin_t ** 2)
         hy = min(int(np.ceil(max(4 * fwhm_lat, 0.5 * cone) / min(dy, dx))), 64)
@@ -208,13 +215,86 @@ def widefield_psf(spacing: Sequence[float], *, na: float = 1.4, wavelength: floa
     return psf.astype(np.float32)
 
 
-_MODELS = {"gaussian": gaussian_psf, "widefield": widefield_psf}
+def confocal_psf(spacing: Sequence[float], *, na: float = 1.4, wavelength: float = 0.6,
+                 excitation: float = 0.5, pinhole_au: float = 1.0, n_immersion: float = 1.518,
+                 n_sample: float | None = None, depth: float = 0.0,
+                 shape: Sequence[int] | None = None) -> np.ndarray:
+    """Point-scanning confocal PSF: excitation PSF times the pinhole-filtered detection PSF.
+
+    Both are :func:`widefield_psf` (same aberration model) on the same grid;
+    the detection PSF is convolved plane by plane with the pinhole, a disc
+    of ``pinhole_au`` Airy units (one AU = ``1.22 wavelength / na`` across,
+    in sample space).
+
+    Parameters
+    ----------
+    spacing : (dz, dy, dx) floats, micrometres
+    na, n_immersion, n_sample, depth
+        As in :func:`widefield_psf`.
+    wavelength : float
+        Emission (detection) wavelength in micrometres.
+    excitation : float
+        Excitation wavelength in micrometres.
+    pinhole_au : float
+        Pinhole diameter in Airy units (0 = a point pinhole).
+    shape : (Z, Y, X) odd ints, optional
+        Default: the detection PSF's default shape.
+
+    Returns
+    -------
+    (Z, Y, X) float32 ndarray, unit sum.
+    """
+    if not np.isfinite(excitation) or excitation <= 0 or excitation > 5:
+        raise ValueError(f"excitation must be a wavelength in micrometres (e.g. 0.488), got {excitation!r}")
+    if not np.isfinite(pinhole_au) or pinhole_au < 0:
+        raise ValueError(f"pinhole_au must be >= 0 Airy units, got {pinhole_au!r}")
+    optics = dict(na=na, n_immersion=n_immersion, n_sample=n_sample, depth=depth)
+    det = widefield_psf(spacing, wavelength=wavelength, shape=shape, **optics).astype(np.float64)
+    exc = widefield_psf(spacing, wavelength=excitation, shape=det.shape, **optics).astype(np.float64)
+    if pinhole_au > 0:
+        dz, dy, dx = as_spacing(spacing)
+        radius = 0.5 * pinhole_au * 1.22 * wavelength / na
+        yy = _coords(det.shape[1], dy)[:, None]
+        xx = _coords(det.shape[2], dx)[None, :]
+        disc = (yy ** 2 + xx ** 2 <= radius ** 2).astype(np.float64)
+        disc[det.shape[1] // 2, det.shape[2] // 2] = 1.0
+        from scipy.signal import fftconvolve
+        det = np.clip(fftconvolve(det, disc[None], mode="same", axes=(1, 2)), 0, None)
+    psf = exc * det
+    return (psf / psf.sum()).astype(np.float32)
+
+
+def lightsheet_psf(spacing: Sequence[float], *, na: float = 1.0, wavelength: float = 0.52,
+                   sheet_fwhm: float = 1.0, n_immersion: float = 1.333, n_sample: float | None = None,
+                   depth: float = 0.0, shape: Sequence[int] | None = None) -> np.ndarray:
+    """Light-sheet PSF: the widefield detection PSF times the sheet's Gaussian profile along z.
+
+    ``sheet_fwhm`` is the sheet's thickness (FWHM, micrometres); the other
+    parameters are those of :func:`widefield_psf`. A thin sheet cuts the
+    detection PSF's long axial extent, as in selective-plane illumination.
+    """
+    if not np.isfinite(sheet_fwhm) or sheet_fwhm <= 0:
+        raise ValueError(f"sheet_fwhm must be a positive thickness in micrometres, got {sheet_fwhm!r}")
+    det = widefield_psf(spacing, na=na, wavelength=wavelength, n_immersion=n_immersion, n_sample=n_sample,
+                        depth=depth, shape=shape).astype(np.float64)
+    z = _coords(det.shape[0], as_spacing(spacing)[0])
+    sheet = np.exp(-0.5 * (z / (sheet_fwhm / FWHM_PER_SIGMA)) ** 2)
+    psf = det * sheet[:, None, None]
+    return (psf / psf.sum()).astype(np.float32)
+
+
+_MODELS = {"gaussian": gaussian_psf, "widefield": widefield_psf, "confocal": confocal_psf,
+           "lightsheet": lightsheet_psf}
+
+#: Names of the PSF models :func:`make_psf` knows.
+MODELS = tuple(_MODELS)
 
 
 def make_psf(spacing: Sequence[float], *, model: str = "widefield", **params) -> np.ndarray:
-    """One front door for the PSF models: ``model`` is ``"widefield"`` or ``"gaussian"``.
+    """One front door for the PSF models: ``"widefield"``, ``"confocal"``, ``"lightsheet"`` or ``"gaussian"``.
 
-    ``params`` are forwarded to :func:`widefield_psf` or :func:`gaussian_psf`.
+    ``params`` are forwarded to :func:`widefield_psf`, :func:`confocal_psf`,
+    :func:`lightsheet_psf` or :func:`gaussian_psf`.
     """
     try:
         func = _MODELS[model]
@@ -371,3 +451,67 @@ def _smooth_far_field(arr: np.ndarray, sigma: float) -> np.ndarray:
     out = arr.copy()
     out[faint] = num[faint] / np.maximum(den[faint], 1e-12)
     return out
+
+
+def given_psf(psf, *, volume_shape: Sequence[int] | None = None, name: str = "psf") -> np.ndarray:
+    """A PSF given by the user, checked and centred the way restore3d's own PSFs are.
+
+    The array must be 3D, finite, non-negative and hold a single bright
+    spot (a stack of several beads is refused). An even size is padded to
+    odd; the peak (sub-voxel, from the log-parabola through the brightest
+    voxel along each axis) is moved onto the central voxel by a spline
+    shift when it is off by more than a quarter voxel, so deconvolving with
+    it does not shift the result; the shift is logged. Unit sum.
+
+    A string or path is read with :func:`restore3d.io.load` and, when its
+    border holds a background level, prepared with :func:`prepare_psf`.
+    """
+    from pathlib import Path
+
+    from ._profiles import profile_peak
+    if isinstance(psf, (str, Path)):
+        psf = _read_psf_file(Path(psf))
+    arr = as_psf(psf, name=name, normalize=False).astype(np.float64)
+    pad = [(0, 1 - n % 2) for n in arr.shape]
+    if any(p for _, p in pad):
+        log.info("%s: even size %s padded to odd so its centre is a voxel", name, arr.shape)
+        arr = np.pad(arr, pad)
+    _refuse_several_spots(arr, name)
+    peak = np.unravel_index(int(np.argmax(arr)), arr.shape)
+    sub = []
+    for axis in range(3):
+        line = [peak[k] if k != axis else slice(None) for k in range(3)]
+        sub.append(profile_peak(arr[tuple(line)], peak[axis])[0])
+    shift = np.asarray(arr.shape) // 2 - np.asarray(sub)
+    if np.any(np.abs(shift) > 0.25):
+        from scipy import ndimage
+        log.info("%s: peak at %s, moved by %s voxels onto the centre %s", name, np.round(sub, 2).tolist(),
+                 np.round(shift, 2).tolist(), [n // 2 for n in arr.shape])
+        arr = np.clip(ndimage.shift(arr, shift, order=3, mode="constant"), 0, None)
+    out = as_psf(arr.astype(np.float32), name=name, volume_shape=volume_shape)
+    return out
+
+
+def _refuse_several_spots(arr, name):
+    """A PSF is one bead: refuse arrays with several separate bright spots."""
+    from scipy import ndimage
+    smooth = ndimage.gaussian_filter(arr, 1.0)
+    labels, n = ndimage.label(smooth > 0.3 * smooth.max())
+    if n > 1:
+        peaks = ndimage.maximum(smooth, labels, np.arange(1, n + 1))
+        bright = int(np.sum(np.asarray(peaks) > 0.3 * smooth.max()))
+        if bright > 1:
+            raise ValueError(f"{name} holds {bright} separate bright spots, like a stack of several beads; "
+                             "a PSF is the image of one bead: crop one isolated bead (or let EstimatePSF "
+                             "average the beads of your volume)")
+
+
+def _read_psf_file(path):
+    from . import io
+    arr, _ = io.load(path)
+    border = np.concatenate([arr[[0, -1]].ravel(), arr[:, [0, -1]].ravel(), arr[:, :, [0, -1]].ravel()])
+    if float(np.median(border)) > 1e-3 * float(arr.max()):
+        log.info("%s: removing the PSF stack's background level %.3g", path, float(np.median(arr)))
+        return prepare_psf(arr)
+    return arr
+

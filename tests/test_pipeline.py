@@ -50,7 +50,8 @@ class Broken(Stage):
 
 @pytest.fixture
 def vol():
-    return np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    """The smallest volume a run accepts (3 planes of 8 x 8)."""
+    return np.arange(3 * 8 * 8, dtype=np.float32).reshape(3, 8, 8)
 
 
 def test_exact_arithmetic_and_naming(vol):
@@ -169,7 +170,7 @@ def test_given_psf_on_result(vol):
 def test_stage_errors():
     """Broken stages, duplicate names and bad steps are reported by name."""
     with pytest.raises(RuntimeError, match="stage 'broken' produced NaN"):
-        r3.Pipeline([Broken()]).run(np.ones((2, 2, 2)), spacing=SP)
+        r3.Pipeline([Broken()]).run(np.ones((3, 8, 8)), spacing=SP)
     with pytest.raises(ValueError, match=r"these repeat: \['x'\]"):
         r3.Pipeline([("x", AddConstant()), ("x", Scale())])
     with pytest.raises(ValueError, match="must not contain '__'"):

@@ -70,3 +70,30 @@ def test_centre_and_crop():
     small = crop_psf(psf, (7, 9, 9))
     assert small.shape == (7, 9, 9) and small.sum() == pytest.approx(1, abs=1e-5)
     assert np.unravel_index(small.argmax(), small.shape) == (3, 4, 4)
+
+
+def test_confocal_narrower_than_widefield_and_pinhole_widens():
+    """A confocal PSF is narrower than the widefield one of the same optics; a larger pinhole widens it."""
+    sp = (0.05, 0.025, 0.025)
+    kw = dict(na=1.4, wavelength=0.6, n_immersion=1.518, shape=(61, 49, 49))
+    wide = fwhm(widefield_psf(sp, **kw), sp)
+    point = fwhm(make_psf(sp, model="confocal", excitation=0.5, pinhole_au=0.0, **kw), sp)
+    open_ = fwhm(make_psf(sp, model="confocal", excitation=0.5, pinhole_au=2.0, **kw), sp)
+    assert point[0] < 0.8 * wide[0] and point[1] < 0.8 * wide[1]
+    assert open_[1] > point[1] and open_[0] > point[0]
+    with pytest.raises(ValueError, match="excitation"):
+        make_psf(sp, model="confocal", excitation=500.0)
+    with pytest.raises(ValueError, match="pinhole_au"):
+        make_psf(sp, model="confocal", pinhole_au=-1.0)
+
+
+def test_lightsheet_sheet_cuts_the_axial_extent():
+    """A thin light sheet makes the PSF shorter along z than the detection PSF alone; lateral unchanged."""
+    sp = (0.1, 0.05, 0.05)
+    kw = dict(na=1.0, wavelength=0.52, n_immersion=1.333, shape=(61, 41, 41))
+    det = fwhm(widefield_psf(sp, **kw), sp)
+    thin = fwhm(make_psf(sp, model="lightsheet", sheet_fwhm=0.8, **kw), sp)
+    assert thin[0] < 0.8 * det[0]
+    assert thin[1] == pytest.approx(det[1], rel=0.02)
+    with pytest.raises(ValueError, match="sheet_fwhm"):
+        make_psf(sp, model="lightsheet", sheet_fwhm=0.0)

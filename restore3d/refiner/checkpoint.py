@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
+from .._files import atomic_write
 from .._version import __version__
 from .model import UNetConfig, build_model
 from .normalize import Normalizer
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_meta", "FORMAT", "sha256_of"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_meta", "write_meta", "FORMAT", "sha256_of"]
 
 FORMAT = "restore3d-refiner/1"
 
@@ -45,15 +45,19 @@ def save_checkpoint(path, model, meta: dict) -> Path:
     buf = io.BytesIO()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     torch.save(state, buf)
-    tmp = pt.with_name(pt.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, pt)
+    with atomic_write(pt) as tmp:
+        tmp.write_bytes(buf.getvalue())
     full = {"format": FORMAT, "restore3d_version": __version__, **meta,
             "architecture": model.config.to_dict(), "weights": pt.name, "sha256": sha256_of(pt)}
-    tmpj = js.with_name(js.name + ".tmp")
-    tmpj.write_text(json.dumps(full, indent=2))
-    os.replace(tmpj, js)
+    write_meta(js, full)
     return js
+
+
+def write_meta(path, meta: dict) -> Path:
+    """Write a checkpoint's JSON description atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
+    return Path(path)
 
 
 def read_meta(path) -> dict:
@@ -63,11 +67,17 @@ def read_meta(path) -> dict:
         raise ValueError(f"{js}: no such refiner checkpoint description")
     try:
         meta = json.loads(js.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{js}: not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{js}: not a restore3d refiner checkpoint (format {meta.get('format')!r}, "
-                         f"expected {FORMAT!r})")
+    except OSError as exc:
+        raise ValueError(f"{js}: cannot read the checkpoint description ({exc.strerror})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{js}: not a restore3d refiner checkpoint (format "
+                         f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r})")
+    missing = [k for k in ("weights", "sha256", "architecture") if k not in meta]
+    if missing:
+        raise ValueError(f"{js}: checkpoint description lacks {missing}; it was not written by restore3d "
+                         "(or was edited): use the .json written next to the weights by training")
     return meta
 
 
@@ -83,10 +93,17 @@ def load_checkpoint(path, *, device="cpu"):
     if digest != meta["sha256"]:
         raise ValueError(f"{pt}: SHA-256 {digest[:12]}... does not match {meta['sha256'][:12]}... recorded in "
                          f"{js.name}; the weights are corrupted or were replaced")
-    config = UNetConfig.from_dict(meta["architecture"])
+    try:
+        config = UNetConfig.from_dict(meta["architecture"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{js}: bad architecture description ({exc})") from None
     model = build_model(config)
-    state = torch.load(pt, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    try:
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, ... on broken files
+        raise ValueError(f"{pt}: the weights cannot be loaded into the described network "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     model.eval()
     return model.to(device), meta
 
