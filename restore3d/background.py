@@ -42,7 +42,11 @@ def estimate_noise(volume: np.ndarray) -> float:
     """Standard deviation of the noise, from the finest Haar details along x.
 
     Robust (median absolute deviation), so sparse beads barely bias it.
-    Returns the value in the volume's intensity units.
+    Integer data with little noise (an 8-bit stack whose background is
+    mostly one value) makes most details exactly zero and the MAD zero;
+    there the root mean square of the details below their 99.5th
+    percentile is used instead (beads fill far less than 0.5 % of a bead
+    volume). Returns the value in the volume's intensity units.
     """
     vol = np.asarray(volume, dtype=np.float32)
     n = vol.shape[-1] // 2 * 2
@@ -51,7 +55,12 @@ def estimate_noise(volume: np.ndarray) -> float:
     d = (vol[..., 1:n:2] - vol[..., 0:n:2]).ravel() / np.sqrt(2.0)
     if d.size > 2_000_000:
         d = d[:: d.size // 1_000_000]
-    return float(np.median(np.abs(d - np.median(d))) / 0.6745)
+    dev = np.abs(d - np.median(d))
+    mad = float(np.median(dev)) / 0.6745
+    if mad > 0:
+        return mad
+    kept = dev[dev <= np.percentile(dev, 99.5)]
+    return float(np.sqrt(np.mean(kept.astype(np.float64) ** 2))) if kept.size else 0.0
 
 
 def _scale_um(scale, spacing):

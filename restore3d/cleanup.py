@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from ._checks import as_volume
+from .detect import typical_peak
 
 __all__ = ["SpeckInfo", "remove_specks", "speck_reference"]
 
@@ -65,10 +66,8 @@ def _check(threshold, min_fraction):
 
 def _reference(vol, threshold, scale):
     """``(scale, reference, labels, n, integrals)``: the measurement and the components it was made on."""
-    from .refiner.normalize import Normalizer  # the same "typical bead peak" the refiner uses
-
     if scale is None:
-        _, scale = Normalizer(method="peaks").stats(vol) if (vol > 0).any() else (0.0, 0.0)
+        scale = typical_peak(vol)
     if scale <= 0:
         return 0.0, 0.0, None, 0, np.zeros(0)
     lab, n, integ, peak = _components(vol, threshold * scale)

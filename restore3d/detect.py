@@ -17,7 +17,7 @@ from ._checks import as_spacing, as_volume
 from ._profiles import profile_fwhm, profile_peak
 
 __all__ = ["detect_beads", "measure_beads", "positions_of", "DETECTION_DTYPE", "robust_sigma",
-           "noise_threshold"]
+           "noise_threshold", "typical_peak", "typical_height", "local_maxima"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,30 @@ def measure_beads(volume: np.ndarray, spacing: Sequence[float], positions, *,
     for a, ax in enumerate("zyx"):
         table[ax + "_um"] = table[ax] * spacing[a]
     return table
+
+
+def local_maxima(volume: np.ndarray, size) -> np.ndarray:
+    """Heights of the local maxima of ``volume`` (each the largest of its ``size`` neighbourhood, above 0)."""
+    vol = np.asarray(volume, np.float32)
+    return vol[(vol == ndimage.maximum_filter(vol, size=size, mode="nearest")) & (vol > 0)]
+
+
+def typical_peak(volume: np.ndarray, *, fraction: float = 0.1, size=(3, 5, 5)) -> float:
+    """The typical bead peak of a background-free volume: the median height of its local maxima above
+    ``fraction`` of the brightest.
+
+    Stays put as bead density and brightness change, where percentiles of the
+    voxel values move with the number of beads. 0 when nothing is positive.
+    """
+    return typical_height(local_maxima(volume, size), fraction=fraction)
+
+
+def typical_height(heights, *, fraction: float = 0.1) -> float:
+    """Median of the peak heights (or detection scores) above ``fraction`` of the largest; 0 when none."""
+    h = np.asarray(heights, np.float64)
+    if h.size == 0 or h.max() <= 0:
+        return 0.0
+    return float(np.median(h[h >= fraction * h.max()]))
 
 
 def noise_threshold(heights: np.ndarray, n_voxels: int, snr: float) -> float:

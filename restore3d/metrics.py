@@ -16,7 +16,7 @@ from .detect import detect_beads, measure_beads, positions_of
 
 __all__ = ["match_beads", "detection_scores", "average_precision", "localisation_rmse",
            "bead_widths", "elongation", "isolated", "background_residual",
-           "nrmse", "psnr", "ssim", "evaluate", "DEFAULT_TOLERANCE_UM"]
+           "nrmse", "psnr", "ssim", "evaluate", "spurious_spots", "DEFAULT_TOLERANCE_UM"]
 
 #: Detection match tolerance (z, y, x) in micrometres.
 DEFAULT_TOLERANCE_UM = (0.6, 0.3, 0.3)
@@ -340,6 +340,27 @@ def background_residual(volume, spacing, beads, *, exclusion_um: Sequence[float]
     if ref <= 0:
         return float("inf")
     return float(np.percentile(far, percentile) / ref)
+
+
+def spurious_spots(volume, spacing, truth, *, fraction: float = 0.1, distance_um: float = 1.0) -> int:
+    """Spots of a restored volume where no bead is: invented beads.
+
+    Counts the local maxima scoring at least ``fraction`` of the volume's
+    typical bead (:func:`restore3d.assess.beads_above`) that lie farther than
+    ``distance_um`` micrometres from every true bead (inside the stack or in
+    its margins).
+    """
+    from .assess import beads_above
+    spacing = as_spacing(spacing)
+    spots, _ = beads_above(as_volume(volume), spacing, fraction=fraction)
+    if len(spots) == 0:
+        return 0
+    p = positions_of(spots) * np.asarray(spacing)
+    t = positions_of(truth) * np.asarray(spacing)
+    if len(t) == 0:
+        return len(spots)
+    d, _ = cKDTree(t).query(p)
+    return int(np.sum(d > distance_um))
 
 
 def _scale_fit(pred, target):

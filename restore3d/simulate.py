@@ -19,8 +19,9 @@ from scipy import fft as sfft
 from ._checks import as_psf, as_rng, as_spacing
 from ._profiles import FWHM_PER_SIGMA
 from .psf import fwhm, make_psf
+from .target import render_target
 
-__all__ = ["AmbientLight", "Simulation", "simulate_beads", "render_target",
+__all__ = ["AmbientLight", "Detector", "Simulation", "simulate_beads", "render_target",
            "ambient_field", "BEAD_DTYPE", "DEFAULT_OPTICS"]
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,47 @@ class AmbientLight:
         object.__setattr__(self, "shapes", tuple(self.shapes))
 
 
+@dataclasses.dataclass(frozen=True)
+class Detector:
+    """How photons become the numbers in the file (after the noise is drawn).
+
+    ``counts = clip(round(gain * photons + offset), floor, 2**bits - 1)``
+    where ``offset`` is :attr:`AmbientLight.offset`. Real stacks show all
+    three artefacts: integer (often 8-bit) values, a background clipped at
+    the bottom of the range when the offset is set low, and saturated bead
+    centres at the top.
+
+    Parameters
+    ----------
+    bits : int or None
+        Bit depth (e.g. 8, 12, 16); None keeps float values, unrounded and
+        unclipped.
+    gain : float
+        Counts per photon.
+    floor : float
+        Lowest value the file holds (values below are clipped to it).
+    """
+
+    bits: int | None = None
+    gain: float = 1.0
+    floor: float = 0.0
+
+    def __post_init__(self):
+        if self.bits is not None and (int(self.bits) != self.bits or not 1 <= self.bits <= 32):
+            raise ValueError(f"Detector.bits must be a whole number of bits in 1-32 or None, got {self.bits!r}")
+        if not np.isfinite(self.gain) or self.gain <= 0:
+            raise ValueError(f"Detector.gain must be a positive number of counts per photon, got {self.gain!r}")
+        if not np.isfinite(self.floor):
+            raise ValueError(f"Detector.floor must be a finite number of counts, got {self.floor!r}")
+
+    def digitize(self, photons: np.ndarray, offset: float) -> np.ndarray:
+        """Counts recorded for ``photons`` (noise already drawn) on top of ``offset`` counts."""
+        counts = self.gain * photons + np.float32(offset)
+        if self.bits is None:
+            return counts.astype(np.float32)
+        return np.clip(np.round(counts), self.floor, 2.0 ** self.bits - 1).astype(np.float32)
+
+
 @dataclasses.dataclass
 class Simulation:
     """Output of :func:`simulate_beads`; every array is float32 (z, y, x).
@@ -80,12 +122,14 @@ class Simulation:
     Attributes
     ----------
     raw : ndarray
-        What the camera records: blurred beads + ambient light + noise + offset.
+        What the camera records: blurred beads + ambient light + noise +
+        offset, digitised by the :class:`Detector`.
     target : ndarray
         The restoration target: beads blurred by an isotropic Gaussian of
-        ``target_fwhm`` micrometres, zero background, flux preserved.
+        ``target_fwhm`` micrometres, zero background, flux preserved (in
+        counts: photons times the detector gain).
     clean : ndarray
-        Noise-free blurred beads without ambient light (expected photons).
+        Noise-free blurred beads without ambient light (counts).
     background : ndarray
         Noise-free ambient light including the camera offset (counts).
     truth : structured ndarray
@@ -239,57 +283,6 @@ def _image_beads(positions, fluxes, psf, shape, spacing, bead_diameter, margins)
     return np.clip(image[sl], 0, None).astype(np.float32)
 
 
-def render_target(truth: np.ndarray, shape: Sequence[int], spacing: Sequence[float], *,
-                  fwhm_um: float, bead_diameter: float = 0.0) -> np.ndarray:
-    """Render beads as isotropic Gaussian blobs: the restoration target.
-
-    Each bead becomes a Gaussian of ``fwhm_um`` micrometres FWHM on every
-    axis (its variance widened by the ball's ``(d/2)^2 / 5``), point-sampled
-    at voxel centres and normalised so the samples of every bead sum to its
-    flux (exact even when z is undersampled). Parts outside the volume are
-    cut.
-
-    Parameters
-    ----------
-    truth : structured ndarray
-        Bead table with at least the fields ``z, y, x`` (voxels) and ``flux``.
-    shape : (Z, Y, X) ints
-    spacing : (dz, dy, dx) floats, micrometres
-    fwhm_um : float
-        FWHM of the isotropic Gaussian in micrometres.
-    bead_diameter : float
-        Bead diameter in micrometres.
-
-    Returns
-    -------
-    target : (Z, Y, X) float32 ndarray
-    """
-    spacing = as_spacing(spacing)
-    if not np.isfinite(fwhm_um) or fwhm_um <= 0:
-        raise ValueError(f"fwhm_um must be a positive number of micrometres, got {fwhm_um!r}")
-    out = np.zeros(tuple(int(s) for s in shape), np.float32)
-    sigma_um = np.sqrt((fwhm_um / FWHM_PER_SIGMA) ** 2 + (bead_diameter / 2) ** 2 / 5)
-    sig = sigma_um / np.asarray(spacing)
-    half = np.ceil(4 * sig).astype(int) + 1
-    for row in truth:
-        c = np.array([row["z"], row["y"], row["x"]])
-        base = np.round(c).astype(int)
-        profiles, slices = [], []
-        for a in range(3):
-            idx = np.arange(base[a] - half[a], base[a] + half[a] + 1)
-            g = np.exp(-0.5 * ((idx - c[a]) / sig[a]) ** 2)
-            g /= g.sum()
-            keep = (idx >= 0) & (idx < out.shape[a])
-            if not keep.any():
-                break
-            profiles.append(g[keep])
-            slices.append(slice(idx[keep][0], idx[keep][-1] + 1))
-        else:
-            out[tuple(slices)] += (row["flux"] * profiles[0][:, None, None]
-                                   * profiles[1][None, :, None] * profiles[2][None, None, :])
-    return out
-
-
 def simulate_beads(shape: Sequence[int] = (32, 256, 256),
                    spacing: Sequence[float] = (0.3, 0.1, 0.1), *,
                    n_beads: int | None = None, density: float = 0.02,
@@ -299,6 +292,7 @@ def simulate_beads(shape: Sequence[int] = (32, 256, 256),
                    margin: Sequence[float] | None = None,
                    min_separation: float | None = None,
                    target_fwhm: float | None = None,
+                   detector: Detector | dict | None = None,
                    seed=None) -> Simulation:
     """Simulate a widefield bead volume, its truth and its restoration target.
 
@@ -328,7 +322,7 @@ def simulate_beads(shape: Sequence[int] = (32, 256, 256),
         Ambient light; default ``AmbientLight()``. ``AmbientLight(offset=0,
         level=0)`` for none.
     read_noise : float
-        Standard deviation of the Gaussian camera read noise in counts.
+        Standard deviation of the Gaussian camera read noise, in photons (before the detector gain).
     poisson : bool
         Apply Poisson shot noise to the expected photon counts.
     margin : (mz, my, mx) floats, optional
@@ -340,6 +334,8 @@ def simulate_beads(shape: Sequence[int] = (32, 256, 256),
     target_fwhm : float, optional
         FWHM of the target's isotropic Gaussian in micrometres; default the
         lateral FWHM of the PSF.
+    detector : Detector or dict, optional
+        Digitisation (gain, bit depth, clipping); default float counts, gain 1.
     seed : int or Generator, optional
         Everything random comes from this seed.
 
@@ -372,6 +368,10 @@ def simulate_beads(shape: Sequence[int] = (32, 256, 256),
         ambient = AmbientLight()
     elif isinstance(ambient, dict):
         ambient = AmbientLight(**ambient)
+    if detector is None:
+        detector = Detector()
+    elif isinstance(detector, dict):
+        detector = Detector(**detector)
     rng = as_rng(seed)
     psf_arr = _resolve_psf(psf, spacing)
     if isinstance(psf, np.ndarray):
@@ -379,6 +379,7 @@ def simulate_beads(shape: Sequence[int] = (32, 256, 256),
     else:
         params["psf"] = psf if psf is not None else dict(DEFAULT_OPTICS)
     params["ambient"] = dataclasses.asdict(ambient)
+    params["detector"] = dataclasses.asdict(detector)
 
     if margin is None:
         margin_vox = np.array(psf_arr.shape) // 2
@@ -426,13 +427,14 @@ def simulate_beads(shape: Sequence[int] = (32, 256, 256),
         counts = expected.copy()
     if read_noise > 0:
         counts += (read_noise * rng.standard_normal(shape)).astype(np.float32)
-    raw = counts + np.float32(ambient.offset)
+    raw = detector.digitize(counts, ambient.offset)
+    gain = np.float32(detector.gain)
 
     if target_fwhm is None:
         widths = fwhm(psf_arr, spacing)
         target_fwhm = float(np.nanmean(widths[1:]))
     target = render_target(truth, shape, spacing, fwhm_um=target_fwhm, bead_diameter=bead_diameter)
-    return Simulation(raw=raw.astype(np.float32), target=target, clean=clean,
-                      background=(glow + np.float32(ambient.offset)).astype(np.float32),
+    return Simulation(raw=raw, target=target * gain, clean=clean * gain,
+                      background=(gain * glow + np.float32(ambient.offset)).astype(np.float32),
                       truth=truth, psf=psf_arr, spacing=spacing, target_fwhm=float(target_fwhm),
                       params=params)

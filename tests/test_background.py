@@ -81,3 +81,13 @@ def test_noise_estimate():
     rng = np.random.default_rng(0)
     vol = (50 + 4.0 * rng.standard_normal((16, 64, 64))).astype(np.float32)
     assert estimate_noise(vol) == pytest.approx(4.0, rel=0.03)
+
+
+def test_noise_of_quantised_data_is_not_zero():
+    """On integer data whose background is mostly one value (8-bit confocal) the noise estimate stays
+    close to the true one instead of the zero a plain MAD gives."""
+    from restore3d.background import estimate_noise
+    rng = np.random.default_rng(0)
+    vol = np.round(rng.normal(1.0, 0.3, (20, 64, 64))).astype(np.float32)
+    assert estimate_noise(vol) == pytest.approx(0.3, rel=0.15)
+    assert estimate_noise(rng.normal(1.0, 0.3, (20, 64, 64))) == pytest.approx(0.3, rel=0.05)

@@ -140,3 +140,24 @@ def test_robust_sigma_clipped_and_gaussian():
     noise = rng.normal(0, 3.0, 200_000)
     assert robust_sigma(noise)[1] == pytest.approx(3.0, rel=0.02)
     assert robust_sigma(np.maximum(noise, 0))[1] == pytest.approx(3.0, rel=0.03)
+
+
+def test_typical_peak_ignores_density():
+    """The typical bead peak is the median bead height, however many beads and faint specks there are."""
+    from restore3d.detect import typical_peak
+    vol = np.zeros((20, 80, 80), np.float32)
+    rng = np.random.default_rng(1)
+    for k, c in enumerate(rng.integers(3, 77, (30, 3))):
+        vol[c[0] % 20, c[1], c[2]] = 10.0 + k % 3  # beads of height 10-12
+    vol[rng.integers(0, 20, 500), rng.integers(0, 80, 500), rng.integers(0, 80, 500)] += 0.5  # specks
+    assert typical_peak(vol) == pytest.approx(11.0, abs=1.0)
+    assert typical_peak(np.zeros((4, 4, 4), np.float32)) == 0.0
+
+
+def test_spurious_spots_counts_spots_away_from_beads(scene):
+    """Spots brighter than a tenth of the typical bead and over 1 um from every bead are counted."""
+    truth, target = scene
+    assert metrics.spurious_spots(target, SP, truth) == 0
+    out = target.copy()
+    out[2, 2, 50] = out[23, 94, 94] = target.max()  # over 1.2 um from every bead
+    assert metrics.spurious_spots(out, SP, truth) == 2

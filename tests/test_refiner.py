@@ -192,7 +192,9 @@ def test_given_psf_probability_gives_the_stages_the_simulated_psf():
     from restore3d.simulate import simulate_beads
     from restore3d.stages import EstimatePSF, RichardsonLucy, SubtractBackground
     prefix = Pipeline([SubtractBackground(), EstimatePSF(), RichardsonLucy(iterations=3)])
-    ranges = SimulationRanges(shape=(16, 64, 64), density=(0.02, 0.02), flux=(20000, 20000))
+    ranges = SimulationRanges(shape=(16, 64, 64), density=(0.02, 0.02), flux=(20000, 20000),
+                              models=(("widefield", 1.0),), media=("water",), mismatch_probability=0.0,
+                              eight_bit_probability=0.0)
     norm = Normalizer(offset="median")
     plain = make_pair(ranges, prefix, norm, seed=1)
     # the draw happens (probability > 0) but misses: simulation and estimate as without the option
@@ -328,7 +330,7 @@ def test_shipped_model_loads_and_rounds_beads():
 def test_target_blur_input_transform():
     """The refiner's input rendering blurs a point to the target's isotropic FWHM; without a PSF it refuses."""
     from restore3d.psf import fwhm, gaussian_psf
-    from restore3d.refiner.data import apply_input_transform
+    from restore3d.refiner.transforms import apply_input_transform
     psf = gaussian_psf(SP, fwhm_lateral=0.3, fwhm_axial=0.9)
     vol = np.zeros((24, 48, 48), np.float32)
     vol[12, 24, 24] = 100.0

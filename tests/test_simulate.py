@@ -109,3 +109,20 @@ def test_psf_argument_forms():
     assert fwhm(b.psf, SP)[1] == pytest.approx(0.51 * 0.6 / 0.9, rel=0.1)
     with pytest.raises(ValueError, match="density"):
         simulate_beads((8, 32, 32), SP, density=-1)
+
+
+def test_detector_digitises_like_an_8_bit_camera():
+    """An 8-bit detector gives whole counts, clips the background at its floor and saturates bright beads;
+    target and clean volume are in counts too (photons times the gain)."""
+    from restore3d.simulate import Detector
+    kw = dict(n_beads=4, flux=20000.0, ambient=AmbientLight(offset=0.5, level=0.5), read_noise=0.3, seed=3)
+    plain = simulate_beads((16, 64, 64), (0.3, 0.1, 0.1), **kw)
+    cam = simulate_beads((16, 64, 64), (0.3, 0.1, 0.1), detector=Detector(bits=8, gain=2.0, floor=1.0), **kw)
+    assert np.array_equal(cam.raw, np.round(cam.raw))
+    assert cam.raw.min() == 1.0 and cam.raw.max() == 255.0
+    assert float(np.median(cam.raw)) <= 4.0
+    np.testing.assert_allclose(cam.target, 2.0 * plain.target, rtol=1e-6)
+    with pytest.raises(ValueError, match="bits"):
+        Detector(bits=7.5)
+    with pytest.raises(ValueError, match="gain"):
+        Detector(gain=0)

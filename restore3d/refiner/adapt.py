@@ -57,10 +57,24 @@ def measure_microscope(volume: np.ndarray, spacing, *, psf=None, read_noise: flo
             "flux_spread": float(np.clip(np.std(np.log(flux)), 0.05, 1.0)) if flux.size > 3 else 0.4}
 
 
-def adapt_refiner(refiner, volume, spacing, *, minutes, steps, pool, out, seed, psf, device, progress):
-    """Measure the microscope, simulate pairs with it, fine-tune; returns the new checkpoint path."""
+def adapt_refiner(refiner, volume, spacing, *, minutes, steps, pool, out, seed, psf, device, progress,
+                  consistency: float = 1.0):
+    """Measure the microscope, simulate pairs with it, fine-tune; returns the new checkpoint path.
+
+    With ``consistency > 0`` every step also takes the self-supervised
+    :class:`~restore3d.refiner.consistency.ConsistencyLoss` of a patch of the
+    user's own volume (times ``consistency``), so the fine-tuned refiner
+    explains these very data, not only simulations tuned to them.
+    """
+    from .checkpoint import normalizer_of
+    from .consistency import ConsistencyLoss
     from .train import TrainConfig, train
     model, meta = refiner._loaded()
+    prefix = Pipeline.from_dict(meta["prefix"])
+    bg_steps = [n for n, s in prefix.steps if type(s).__name__ == "SubtractBackground"]
+    res = prefix.run(volume, spacing=spacing, psf=psf, keep=bg_steps[:1])
+    if psf is None and res.psf is not None:
+        psf = res.psf  # the stages' own estimate: what the refiner will see at inference
     stats = measure_microscope(volume, spacing, psf=psf)
     log.info("adapting to: offset %.1f, glow %.1f, read noise %.2f, density %.4f /um3, flux %.0f",
              stats["offset"], stats["ambient_level"], stats["read_noise"], stats["density"], stats["flux"])
@@ -78,7 +92,6 @@ def adapt_refiner(refiner, volume, spacing, *, minutes, steps, pool, out, seed, 
         ambient_level=around(max(stats["ambient_level"], 0.1)),
         ambient_strength=(0.0, min(1.0, 2 * stats["ambient_strength"] + 0.1)),
         offset=(stats["offset"], stats["offset"]), read_noise=around(stats["read_noise"]))
-    prefix = Pipeline.from_dict(meta["prefix"])
     base = meta["training"]["config"]
     cfg = TrainConfig(steps=steps or 100_000, batch=base.get("batch", 4), patch=tuple(base.get("patch", (32, 64, 64))),
                       lr=base.get("lr", 1e-3) * 0.3, warmup=10, pool=pool, validation=3,
@@ -87,8 +100,13 @@ def adapt_refiner(refiner, volume, spacing, *, minutes, steps, pool, out, seed, 
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="restore3d-adapted-")) / "adapted"
         log.info("adapted refiner written to %s (pass out= to keep it elsewhere)", out)
-    from .checkpoint import normalizer_of
+    extra = None
+    if consistency > 0 and meta.get("output_transform") == "render" and res.psf is not None and bg_steps:
+        extra = ConsistencyLoss(np.asarray(res), res.intermediates[bg_steps[0]], res.psf, spacing,
+                                normalizer_of(meta), multiple=model.config.multiple)
     result = train(out, config=cfg, normalizer=normalizer_of(meta), ranges=ranges, prefix=prefix,
-                   init=refiner._path(), device=device, progress=progress,
-                   command=f"Refiner.adapt(minutes={minutes}, steps={steps}, pool={pool}, seed={seed})")
+                   init=refiner._path(), device=device, progress=progress, extra_loss=extra,
+                   extra_weight=consistency,
+                   command=f"Refiner.adapt(minutes={minutes}, steps={steps}, pool={pool}, seed={seed}, "
+                           f"consistency={consistency})")
     return result.checkpoint

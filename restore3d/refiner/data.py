@@ -2,8 +2,11 @@
 
 The network's input is exactly what the stages before it output (the
 pipeline prefix is run on the simulated raw volume); the target is the
-simulation's isotropic restoration target. Optics, spacing, density,
-brightness, ambient light and noise are drawn from :class:`SimulationRanges`.
+isotropic restoration target. Optics (widefield, confocal and light-sheet
+PSFs, dry to oil immersion, index mismatch), the sampling of that PSF, bead
+size, density and brightness, ambient light, noise and the recording
+(8-bit, clipped background, saturation, scan tails) are drawn from
+:class:`SimulationRanges`.
 """
 from __future__ import annotations
 
@@ -12,13 +15,16 @@ import logging
 
 import numpy as np
 
+from ..detect import typical_peak
 from ..pipeline import Pipeline
-from ..psf import crop_psf
-from ..simulate import AmbientLight, simulate_beads
+from ..psf import centre_psf, crop_psf, make_psf
+from ..simulate import AmbientLight, Detector, simulate_beads
+from ..target import lateral_fwhm, render_target, target_sigma
 from .normalize import Normalizer
+from .grid import working_grid
+from .transforms import apply_input_transform
 
-__all__ = ["SimulationRanges", "Pair", "make_pair", "make_pairs", "default_prefix", "random_patch",
-           "target_blur", "target_blur_sigma", "apply_input_transform", "INPUT_TRANSFORMS", "lateral_fwhm"]
+__all__ = ["SimulationRanges", "Pair", "make_pair", "make_pairs", "default_prefix", "random_patch", "IMMERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -29,62 +35,187 @@ def default_prefix() -> Pipeline:
     return Pipeline([SubtractBackground(), EstimatePSF(), RichardsonLucy(iterations=10)])
 
 
+#: Immersion media the simulations draw from: refractive index and the NA range of such objectives.
+IMMERSION = {"air": (1.0, (0.7, 0.95)), "water": (1.333, (0.8, 1.2)), "silicone": (1.406, (1.0, 1.35)),
+             "oil": (1.518, (1.2, 1.45))}
+
+_PSF_MODELS = ("widefield", "confocal", "lightsheet")
+
+
+def _approx_fwhm(model: str, na: float, wavelength: float, n: float, sheet: float) -> tuple[float, float]:
+    """Textbook (axial, lateral) FWHM in micrometres of a PSF model, to choose a sampling for it."""
+    axial = 0.88 * wavelength / (n - np.sqrt(max(n ** 2 - na ** 2, 1e-6)))
+    lateral = 0.51 * wavelength / na
+    if model == "confocal":
+        return 0.75 * axial, 0.75 * lateral
+    if model == "lightsheet":
+        return 1.0 / np.sqrt(1.0 / axial ** 2 + 1.0 / sheet ** 2), lateral
+    return axial, lateral
+
+
 @dataclasses.dataclass(frozen=True)
 class SimulationRanges:
     """Ranges the training volumes are drawn from (uniform unless noted).
 
-    Lengths in micrometres, fluxes in photons, light levels in counts.
-    ``psf`` fixes the PSF array (then ``spacing`` must be fixed too, as
-    ``dz = (v, v)`` ranges): used to adapt to one microscope.
+    Lengths in micrometres, fluxes in photons, light levels in photons per
+    voxel (offset in counts).
+
+    Optics: a PSF model (``models``: names and probabilities), an immersion
+    medium of ``media`` and an NA in that medium's range (clipped to ``na``;
+    light-sheet detection at most 1.1), an emission ``wavelength``, for
+    confocal an excitation 20-100 nm shorter and a ``pinhole_au``, for light
+    sheets a ``sheet_fwhm``, and with ``mismatch_probability`` a sample
+    index of 1.33-1.45 at a ``depth``. Sampling, as microscopists choose it
+    for their PSF: ``lateral_samples`` pixels per lateral FWHM and
+    ``axial_samples`` planes per axial FWHM (log-uniform), clipped to
+    ``dxy`` and ``dz``. Beads: ``n_beads`` per working volume of
+    ``work_shape`` (log-uniform; or ``density`` beads per cubic micrometre
+    when given; the margins at the same density), ``bead_diameter``, a log-uniform
+    median ``flux`` with a log-normal ``flux_spread``. Recording: with
+    ``eight_bit_probability`` an 8-bit file whose typical bead peaks at
+    ``peak_counts`` (above 255 it saturates) with the background at the
+    clipped bottom of the range (a glow of ``eight_bit_glow`` counts
+    (log-uniform), read noise ``eight_bit_read_noise`` counts), as confocal
+    systems write them; otherwise float counts on an ``offset``. Confocal PSFs get a scan tail along x (a
+    one-sided exponential of ``scan_tail`` pixels) with
+    ``scan_tail_probability``.
+
+    Size: ``shape`` (z, y, x) voxels; None sizes each volume so that the
+    refiner's working grid (:mod:`restore3d.refiner.grid`, voxels of half
+    the lateral FWHM) holds ``work_shape`` voxels, at least ``min_shape``.
+
+    ``psf`` fixes the PSF array (then ``dz`` and ``dxy`` must be fixed too,
+    as ``(v, v)`` ranges): used to adapt to one microscope.
     ``given_psf_probability`` is the fraction of volumes whose preceding
     stages are given the simulation's PSF (cropped to the volume, as a
-    measured PSF would be) instead of estimating it from the beads, so the
-    refiner also suits runs with a measured PSF (``run(..., psf=...)``).
+    measured PSF would be) instead of estimating it from the beads.
     """
 
-    shape: tuple = (32, 128, 128)
-    dz: tuple = (0.2, 0.4)
-    dxy: tuple = (0.08, 0.13)
-    na: tuple = (0.9, 1.35)
-    wavelength: tuple = (0.45, 0.65)
-    mismatch_probability: float = 0.3
-    depth: tuple = (0.0, 10.0)
-    density: tuple = (0.005, 0.04)
-    flux: tuple = (1000.0, 20000.0)  # log-uniform median flux
+    shape: tuple | None = None
+    work_shape: tuple = (40, 96, 96)
+    min_shape: tuple = (24, 48, 48)
+    models: tuple = (("widefield", 0.4), ("confocal", 0.35), ("lightsheet", 0.25))
+    media: tuple = ("air", "water", "silicone", "oil")
+    na: tuple = (0.7, 1.45)
+    wavelength: tuple = (0.45, 0.7)
+    pinhole_au: tuple = (0.5, 1.5)
+    sheet_fwhm: tuple = (0.6, 3.0)
+    mismatch_probability: float = 0.4
+    depth: tuple = (0.0, 20.0)
+    lateral_samples: tuple = (1.5, 7.0)
+    axial_samples: tuple = (1.2, 8.0)
+    dz: tuple = (0.1, 0.6)
+    dxy: tuple = (0.04, 0.2)
+    n_beads: tuple = (6.0, 100.0)
+    density: tuple | None = None
+    bead_diameter: tuple = (0.02, 0.2)
+    flux: tuple = (500.0, 50000.0)
     flux_spread: tuple = (0.2, 0.6)
-    ambient_level: tuple = (5.0, 100.0)
+    ambient_level: tuple = (1.0, 100.0)
     ambient_strength: tuple = (0.2, 0.8)
     offset: tuple = (50.0, 200.0)
-    read_noise: tuple = (1.0, 5.0)
+    read_noise: tuple = (0.5, 5.0)
+    eight_bit_probability: float = 0.35
+    peak_counts: tuple = (40.0, 320.0)
+    eight_bit_glow: tuple = (0.2, 10.0)
+    eight_bit_read_noise: tuple = (0.2, 1.5)
+    scan_tail_probability: float = 0.3
+    scan_tail: tuple = (0.5, 4.0)
     given_psf_probability: float = 0.0
     psf: object = None
 
     def __post_init__(self):
-        for name in ("mismatch_probability", "given_psf_probability"):
+        for name in ("mismatch_probability", "given_psf_probability", "eight_bit_probability",
+                     "scan_tail_probability"):
             p = getattr(self, name)
             if not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {p!r}")
+        models = tuple((str(m), float(p)) for m, p in self.models)
+        if not models or any(m not in _PSF_MODELS or p < 0 for m, p in models) or sum(p for _, p in models) <= 0:
+            raise ValueError(f"models must pair names of {_PSF_MODELS} with probabilities >= 0 (not all 0), "
+                             f"got {self.models!r}")
+        object.__setattr__(self, "models", models)
+        bad = [m for m in self.media if m not in IMMERSION]
+        if bad or not self.media:
+            raise ValueError(f"media must be some of {sorted(IMMERSION)}, got {self.media!r}")
+
+    def _optics(self, rng, u, lu):
+        """A PSF model specification and the spacing a microscopist would record it with."""
+        names = [m for m, _ in self.models]
+        probs = np.asarray([p for _, p in self.models], float)
+        model = names[int(rng.choice(len(names), p=probs / probs.sum()))]
+        medium = self.media[int(rng.integers(len(self.media)))]
+        n_imm, (lo, hi) = IMMERSION[medium]
+        if model == "lightsheet":
+            hi = min(hi, 1.1)
+        lo, hi = max(lo, self.na[0]), min(hi, self.na[1])
+        na = u((min(lo, hi), hi))
+        wavelength = u(self.wavelength)
+        spec = {"model": model, "na": na, "wavelength": wavelength, "n_immersion": n_imm}
+        if model == "confocal":
+            spec.update(excitation=wavelength - u((0.02, 0.1)), pinhole_au=u(self.pinhole_au))
+        elif model == "lightsheet":
+            spec.update(sheet_fwhm=u(self.sheet_fwhm))
+        if rng.random() < self.mismatch_probability:
+            spec.update(n_sample=u((1.33, 1.45)), depth=u(self.depth))
+        n_eff = min(spec.get("n_sample", n_imm), n_imm)
+        axial, lateral = _approx_fwhm(model, min(na, 0.98 * n_eff), wavelength, n_eff,
+                                      spec.get("sheet_fwhm", np.inf))
+        dxy = float(np.clip(lateral / lu(self.lateral_samples), *self.dxy))
+        dz = float(np.clip(axial / lu(self.axial_samples), *self.dz))
+        return spec, (dz, dxy, dxy), lateral
+
+    def _shape(self, spacing, lateral_fwhm):
+        """The volume shape: given, or what fills the working grid (half-FWHM voxels, z at most 3x finer)."""
+        if self.shape is not None:
+            return tuple(int(n) for n in self.shape)
+        step = 0.5 * lateral_fwhm
+        out = []
+        for want, least, d in zip(self.work_shape, self.min_shape, spacing):
+            work = max(step, d / 3.0)
+            out.append(max(int(least), int(np.ceil(1.15 * want * work / d))))
+        return tuple(out)
 
     def sample(self, rng: np.random.Generator) -> dict:
         """Keyword arguments of :func:`restore3d.simulate.simulate_beads` for one volume."""
         u = lambda r: float(rng.uniform(*r)) if r[0] != r[1] else float(r[0])  # noqa: E731
-        dz, dxy = u(self.dz), u(self.dxy)
+        lu = lambda r: float(np.exp(rng.uniform(np.log(r[0]), np.log(r[1])))) if r[0] != r[1] else float(r[0])  # noqa: E731,E501
         if self.psf is not None:
             psf = np.asarray(self.psf, np.float32)
+            dxy = u(self.dxy)
+            spacing = (u(self.dz), dxy, dxy)
+            from ..target import lateral_fwhm as _lat
+            lateral = _lat(psf, spacing)
         else:
-            na = u(self.na)
-            n_imm = 1.333 if na <= 1.2 else 1.518
-            psf = {"model": "widefield", "na": na, "wavelength": u(self.wavelength), "n_immersion": n_imm}
-            if rng.random() < self.mismatch_probability:
-                psf.update(n_sample=float(rng.uniform(1.33, 1.45)), depth=u(self.depth))
-                if psf["n_sample"] <= na:
-                    psf["n_sample"] = na + 0.05
-        flux = float(np.exp(rng.uniform(np.log(self.flux[0]), np.log(self.flux[1]))))
-        ambient = AmbientLight(offset=u(self.offset), level=u(self.ambient_level),
-                               strength=u(self.ambient_strength))
-        return dict(shape=tuple(self.shape), spacing=(dz, dxy, dxy), psf=psf, density=u(self.density),
-                    flux=flux, flux_spread=u(self.flux_spread), ambient=ambient,
-                    read_noise=u(self.read_noise))
+            spec, spacing, lateral = self._optics(rng, u, lu)
+            psf = make_psf(spacing, **spec)
+            if spec["model"] == "confocal" and rng.random() < self.scan_tail_probability:
+                psf = _scan_tail(psf, u(self.scan_tail))
+        flux = lu(self.flux)
+        shape = self._shape(spacing, lateral)
+        if self.density is not None:
+            n_beads = lu(self.density) * float(np.prod(np.asarray(shape) * np.asarray(spacing)))
+        else:
+            n_beads = lu(self.n_beads) * float(np.prod(shape)) / float(np.prod(self._work_volume(spacing, lateral)))
+        kwargs = dict(shape=shape, spacing=spacing, psf=psf, n_beads=max(1, int(round(n_beads))),
+                      bead_diameter=u(self.bead_diameter), flux=flux, flux_spread=u(self.flux_spread),
+                      read_noise=u(self.read_noise))
+        level, strength = lu(self.ambient_level), u(self.ambient_strength)
+        if rng.random() < self.eight_bit_probability:
+            # 8 bits span the beads: the glow is a few counts at the clipped bottom of the range
+            gain = u(self.peak_counts) / max(flux * float(psf.max()), 1e-6)
+            kwargs["detector"] = Detector(bits=8, gain=gain, floor=float(rng.integers(0, 2)))
+            kwargs["read_noise"] = u(self.eight_bit_read_noise) / gain
+            kwargs["ambient"] = AmbientLight(offset=u((0.0, 2.0)), level=lu(self.eight_bit_glow) / gain,
+                                             strength=strength)
+        else:
+            kwargs["ambient"] = AmbientLight(offset=u(self.offset), level=level, strength=strength)
+        return kwargs
+
+    def _work_volume(self, spacing, lateral_fwhm):
+        """Source voxels that cover ``work_shape`` working voxels (``n_beads`` is counted per that volume)."""
+        step = 0.5 * lateral_fwhm
+        return tuple(w * max(step, d / 3.0) / d for w, d in zip(self.work_shape, spacing))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -92,72 +223,57 @@ class SimulationRanges:
         return d
 
 
-INPUT_TRANSFORMS = (None, "target_blur")
-
-
-def target_blur(volume: np.ndarray, spacing, fwhm_um: float) -> np.ndarray:
-    """Render a (near point-like) deconvolved volume at the target's resolution.
-
-    Richardson-Lucy recovers sparse beads as near-points, sharper than the
-    target laterally; convolving with the target's isotropic Gaussian
-    (``fwhm_um``, the PSF's lateral FWHM) gives the target's lateral shape
-    exactly, so the network is left with the part physics cannot do: the
-    remaining axial elongation and noise (benchmarks/RESULTS.md).
-    """
+def _scan_tail(psf: np.ndarray, length: float) -> np.ndarray:
+    """Blur a PSF along x with a one-sided exponential of ``length`` pixels (a point scanner's detector lag)."""
     from scipy import ndimage
-    sigma = target_blur_sigma(spacing, fwhm_um)
-    return ndimage.gaussian_filter(np.asarray(volume, np.float32), sigma, mode="reflect",
-                                   truncate=TARGET_BLUR_TRUNCATE)
-
-
-#: Gaussian support of :func:`target_blur` in sigmas (also the refiner's extra halo).
-TARGET_BLUR_TRUNCATE = 4.0
-
-
-def target_blur_sigma(spacing, fwhm_um: float) -> np.ndarray:
-    """Per-axis sigma in voxels (z, y, x) of the isotropic Gaussian of FWHM ``fwhm_um`` micrometres."""
-    from .._profiles import FWHM_PER_SIGMA
-    if not np.isfinite(fwhm_um) or fwhm_um <= 0:
-        raise ValueError(f"target blur FWHM must be a positive number of micrometres, got {fwhm_um!r}")
-    return fwhm_um / FWHM_PER_SIGMA / np.asarray(spacing, float)
-
-
-def lateral_fwhm(psf, spacing) -> float:
-    """The PSF's lateral FWHM in micrometres (mean of y and x): the target's FWHM."""
-    from ..psf import fwhm
-    w = fwhm(psf, spacing)
-    return float(np.nanmean(w[1:]))
-
-
-def apply_input_transform(volume, spacing, transform, psf):
-    """The refiner's input from the preceding stages' output (see :data:`INPUT_TRANSFORMS`)."""
-    if transform is None:
-        return volume
-    if transform != "target_blur":
-        raise ValueError(f"unknown input transform {transform!r}; expected one of {INPUT_TRANSFORMS}")
-    if psf is None:
-        raise ValueError("this refiner renders its input at the target resolution and needs the PSF of the "
-                         "preceding stages: run it after EstimatePSF (or pass psf= to the run)")
-    return target_blur(volume, spacing, lateral_fwhm(psf, spacing))
+    k = np.exp(-np.arange(int(np.ceil(6 * length)) + 1) / length)
+    k = np.concatenate([np.zeros(k.size - 1), k])  # centred kernel, light trailing after the peak
+    out = ndimage.convolve1d(psf.astype(np.float64), k / k.sum(), axis=2, mode="constant")
+    return centre_psf(out.astype(np.float32))
 
 
 @dataclasses.dataclass
 class Pair:
-    """One training volume: normalised input and target, and what made them."""
+    """One training volume: normalised input and target, and what made them.
+
+    ``sigma`` is the per-axis sigma (voxels) of the target's isotropic
+    Gaussian, for refiners that render it after the network (None
+    otherwise). ``loss_scale`` is the target's typical bead peak: losses are
+    divided by it, so that every volume weighs alike whatever the ratio of
+    its target's peaks to its input's (which changes by orders of magnitude
+    with the sampling and the optics).
+    """
 
     input: np.ndarray
     target: np.ndarray
     spacing: tuple
     scale: float
     truth: np.ndarray
+    sigma: np.ndarray | None = None
+    loss_scale: float = 1.0
 
 
 def make_pair(ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer, seed: int,
-              input_transform: str | None = None) -> Pair:
-    """Simulate one volume, run the preceding stages on it, transform and normalise input and target alike."""
+              input_transform: str | None = None, output_transform: str | None = None,
+              grid: dict | None = None) -> Pair:
+    """Simulate one volume, run the preceding stages on it, transform and normalise input and target alike.
+
+    With ``output_transform="render"`` the target is what the stages
+    promise at inference: every bead an isotropic Gaussian of the lateral
+    FWHM of the PSF the stages used (estimated from the beads, so it already
+    holds the bead's size; a given PSF widens it by the bead), holding the
+    light that PSF can explain: the bead's flux times the share of the true
+    PSF inside the box of the PSF used (a PSF estimated from the beads of
+    one volume misses the far wings, and light the data cannot show is not
+    restored; :mod:`restore3d.selfcheck` checks the same). With ``grid``
+    (:func:`restore3d.refiner.grid.working_grid` options) input and target
+    are on the refiner's working grid, the pair's ``spacing`` and ``truth``
+    positions too.
+    """
     rng = np.random.default_rng(seed)
     kwargs = ranges.sample(rng)
     sim = simulate_beads(**kwargs, seed=rng)
+    psf, estimated = sim.psf, False
     if len(prefix):
         # drawn after the simulation, so a zero probability leaves every pair as it was
         given = ranges.given_psf_probability > 0 and rng.random() < ranges.given_psf_probability
@@ -165,32 +281,65 @@ def make_pair(ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer
         if not given:
             try:
                 res = prefix.run(sim.raw, spacing=sim.spacing, seed=seed)
+                estimated = res.psf is not None
             except ValueError:
                 pass  # too few isolated beads to estimate a PSF: give the stages the true one
         if res is None:
-            psf = crop_psf(sim.psf, sim.raw.shape)
-            res = prefix.run(sim.raw, spacing=sim.spacing, psf=psf, seed=seed)
-        inp = apply_input_transform(np.asarray(res), sim.spacing, input_transform,
-                                    res.psf if res.psf is not None else sim.psf)
+            res = prefix.run(sim.raw, spacing=sim.spacing, psf=crop_psf(sim.psf, sim.raw.shape), seed=seed)
+        psf = res.psf if res.psf is not None else sim.psf
+        inp = apply_input_transform(np.asarray(res), sim.spacing, input_transform, psf)
     else:
         inp = apply_input_transform(sim.raw, sim.spacing, input_transform, sim.psf)
+    target, sigma, spacing, truth = sim.target, None, sim.spacing, sim.truth
+    if output_transform == "render":
+        fw = lateral_fwhm(psf, sim.spacing)
+        light = float(sim.params["detector"]["gain"]) * _box_share(sim.psf, psf.shape)
+        shape = sim.raw.shape
+        if grid is not None:
+            g = working_grid(sim.raw.shape, sim.spacing, fw, **grid)
+            inp = g.to_work(inp)
+            truth = sim.truth.copy()
+            moved = g.positions_to_work(np.stack([truth["z"], truth["y"], truth["x"]], axis=1))
+            for a, ax in enumerate("zyx"):
+                truth[ax] = moved[:, a]
+                truth[ax + "_um"] = moved[:, a] * g.spacing[a]
+            shape, spacing = g.shape, g.spacing
+            light /= g.volume_ratio  # the working grid holds source light per source voxel
+        target = render_target(truth, shape, spacing, fwhm_um=fw,
+                               bead_diameter=0.0 if estimated else kwargs["bead_diameter"]) * np.float32(light)
+        sigma = target_sigma(spacing, fw)
+    elif output_transform is not None:
+        raise ValueError(f"unknown output transform {output_transform!r}; expected None or 'render'")
     off, scale = normalizer.stats(inp)
-    return Pair(input=((inp - off) / scale).astype(np.float32),
-                target=(sim.target / scale).astype(np.float32),
-                spacing=sim.spacing, scale=scale, truth=sim.truth)
+    target = (target / scale).astype(np.float32)
+    return Pair(input=((inp - off) / scale).astype(np.float32), target=target, spacing=spacing, scale=scale,
+                truth=truth, sigma=sigma, loss_scale=typical_peak(target) or 1.0)
+
+
+def _box_share(psf: np.ndarray, shape) -> float:
+    """Share of a unit-sum PSF's light inside a centred box of ``shape``."""
+    sl = tuple(slice(max(0, n // 2 - m // 2), n // 2 + m // 2 + 1) for n, m in zip(psf.shape, shape))
+    return float(psf[sl].sum(dtype=np.float64) / psf.sum(dtype=np.float64))
 
 
 def make_pairs(n: int, ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer, *,
                seed: int, progress: bool = False, desc: str = "simulating",
-               input_transform: str | None = None) -> list[Pair]:
+               input_transform: str | None = None, output_transform: str | None = None,
+               grid: dict | None = None) -> list[Pair]:
     """``n`` pairs from the seeds ``seed, seed + 1, ...``."""
     from tqdm.auto import tqdm
-    return [make_pair(ranges, prefix, normalizer, seed + i, input_transform)
+    return [make_pair(ranges, prefix, normalizer, seed + i, input_transform, output_transform, grid)
             for i in tqdm(range(n), desc=desc, disable=not progress, leave=False)]
 
 
 def random_patch(pair: Pair, patch: tuple, rng: np.random.Generator):
-    """A random crop of a pair with random flips (and a quarter turn when dy == dx)."""
+    """A random crop of a pair with random flips (and a quarter turn when dy == dx).
+
+    A pair smaller than ``patch`` along an axis is padded with empty space.
+    """
+    short = [(0, max(0, p - n)) for n, p in zip(pair.input.shape, patch)]
+    if any(b for _, b in short):
+        pair = dataclasses.replace(pair, input=np.pad(pair.input, short), target=np.pad(pair.target, short))
     shape = pair.input.shape
     sl = []
     for n, p in zip(shape, patch):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
+
+from ..detect import typical_peak
 
 __all__ = ["Normalizer", "METHODS"]
 
@@ -64,10 +65,7 @@ class Normalizer:
         elif self.method == "percentile":
             scale = float(np.percentile(v, self.high))
         else:
-            size = (3, 5, 5)
-            peaks = (v == ndimage.maximum_filter(v, size=size, mode="nearest")) & (v > self.peak_fraction * top)
-            vals = v[peaks]
-            scale = float(np.median(vals)) if vals.size else top
+            scale = typical_peak(v, fraction=self.peak_fraction) or top
         if not np.isfinite(scale) or scale <= 1e-12 * max(top, 1e-30):
             scale = top
         return off, scale

@@ -38,6 +38,13 @@ class Refiner(Stage):
     intensity : (offset, scale), optional
         Fixed normalisation instead of the one measured on each volume
         (set by :meth:`freeze` so chunks of a large volume share it).
+    check : bool
+        Hold every refined volume to the promise of the restoration target
+        (:func:`restore3d.selfcheck.check_restoration`: roundness, width,
+        flux, consistency with the background-free data); the result goes
+        to ``result.info["refiner"]["self_check"]`` and a failure is logged
+        as one warning saying what to do. Needs a preceding
+        :class:`~restore3d.SubtractBackground` and a PSF.
 
     Notes
     -----
@@ -49,10 +56,11 @@ class Refiner(Stage):
 
     default_name = "refiner"
 
-    def __init__(self, weights: str = "pretrained", *, device: str | None = None,
+    def __init__(self, weights="pretrained", *, device: str | None = None,
                  tile_shape=(0, 128, 128), max_voxels: int = 8_000_000, intensity=None,
-                 precision: str = "auto"):
+                 precision: str = "auto", check: bool = True):
         self.weights = weights
+        self.check = check
         self.precision = precision
         self.device = device
         self.tile_shape = tile_shape
@@ -97,12 +105,12 @@ class Refiner(Stage):
 
     def halo(self, spacing, psf) -> tuple[int, int, int]:
         model, meta = self._loaded()
-        halo = np.asarray(model.config.receptive_halo())
-        if meta.get("input_transform") == "target_blur" and psf is not None:
-            from .data import TARGET_BLUR_TRUNCATE, lateral_fwhm, target_blur_sigma
-            sigma = target_blur_sigma(spacing, lateral_fwhm(psf, spacing))
-            halo = halo + np.ceil(TARGET_BLUR_TRUNCATE * sigma).astype(int)
-        return tuple(int(h) for h in halo)
+        from .transforms import extra_halo
+        halo = np.asarray(model.config.receptive_halo(), float)
+        grid = self._grid(meta, (64, 64, 64), spacing, psf) if psf is not None else None
+        if grid is not None:  # the network's context is counted in working voxels
+            halo = halo * np.asarray(grid.spacing) / np.asarray(spacing) + 1
+        return tuple(int(np.ceil(h)) for h in halo + extra_halo(meta, spacing, psf))
 
     def alignment(self, spacing) -> tuple[int, int, int]:
         model, _ = self._loaded()
@@ -112,31 +120,51 @@ class Refiner(Stage):
     def restore(self, volume: np.ndarray, spacing, *, psf=None, device=None, progress: bool = False) -> np.ndarray:
         """Apply the network to a volume that already went through the preceding stages.
 
-        ``psf``: the PSF those stages used (needed by refiners whose input is
-        rendered at the target resolution, ``meta["input_transform"]``).
+        ``psf``: the PSF those stages used (needed by refiners that render the
+        target's isotropic kernel, ``meta["output_transform"]``, or their
+        input at the target resolution, ``meta["input_transform"]``).
         """
         from .checkpoint import normalizer_of
-        from .data import apply_input_transform
         from .inference import predict
+        from .transforms import apply_input_transform, apply_output_transform
         model, meta = self._loaded()
         spacing = as_spacing(spacing)
         volume = apply_input_transform(as_volume(volume), spacing, meta.get("input_transform"), psf)
-        return predict(model, volume, spacing, normalizer=normalizer_of(meta),
-                       spacing_range=meta.get("spacing_range"), device=device or self.device,
-                       tile_shape=self.tile_shape, max_voxels=self.max_voxels, progress=progress,
-                       stats=None if self.intensity is None else tuple(self.intensity),
-                       precision=self.precision)
+        grid = self._grid(meta, volume.shape, spacing, psf)
+        if grid is not None:
+            volume = grid.to_work(volume)
+        out = predict(model, volume, spacing if grid is None else grid.spacing, normalizer=normalizer_of(meta),
+                      spacing_range=meta.get("spacing_range"), device=device or self.device,
+                      tile_shape=self.tile_shape, max_voxels=self.max_voxels, progress=progress,
+                      stats=None if self.intensity is None else tuple(self.intensity),
+                      precision=self.precision)
+        if grid is not None:
+            out = grid.object_to_source(out)
+        return apply_output_transform(out, spacing, meta.get("output_transform"), psf)
+
+    @staticmethod
+    def _grid(meta, shape, spacing, psf):
+        """The working grid of a refiner that has one (``meta["grid"]``), for this volume; else None."""
+        if not meta.get("grid"):
+            return None
+        from ..target import lateral_fwhm
+        from .grid import working_grid
+        if psf is None:
+            raise ValueError("this refiner works on a grid sized by the PSF: run it after EstimatePSF "
+                             "(or pass psf= to the run)")
+        return working_grid(shape, spacing, lateral_fwhm(psf, spacing), **meta["grid"])
 
     def freeze(self, sample, ctx):
         """Measure the intensity normalisation once on the sample, for all chunks."""
         from .checkpoint import normalizer_of
-        from .data import apply_input_transform
+        from .transforms import apply_input_transform
         _, meta = self._loaded()
         sample = apply_input_transform(sample, ctx.spacing, meta.get("input_transform"), ctx.psf)
-        stats = normalizer_of(meta).stats(sample)
+        grid = self._grid(meta, sample.shape, ctx.spacing, ctx.psf)
+        stats = normalizer_of(meta).stats(sample if grid is None else grid.to_work(sample))
         return Refiner(self.weights, device=self.device, tile_shape=self.tile_shape,
                        max_voxels=self.max_voxels, intensity=[float(stats[0]), float(stats[1])],
-                       precision=self.precision)
+                       precision=self.precision, check=False)
 
     def __call__(self, volume, ctx: RunContext):
         _, meta = self._loaded()
@@ -151,13 +179,25 @@ class Refiner(Stage):
         t0 = time.perf_counter()
         out = self.restore(volume, ctx.spacing, psf=ctx.psf, device=self.device or ctx.device,
                            progress=ctx.progress)
-        ctx.info["refiner"] = {"weights": str(self._path()), "sha256": meta.get("sha256"),
-                               "seconds": time.perf_counter() - t0}
+        report = {"weights": str(self._path()), "sha256": meta.get("sha256"),
+                  "seconds": time.perf_counter() - t0}
+        if self.check and ctx.background_free is not None and ctx.psf is not None:
+            from ..selfcheck import check_restoration
+            checked = check_restoration(out, ctx.background_free, ctx.psf, ctx.spacing)
+            report["self_check"] = checked.as_dict()
+            if checked.passed:
+                ctx.logger.info("refiner %s", checked.summary())
+            else:
+                ctx.logger.warning("refiner %s. This refiner does not suit these data: adapt it to your "
+                                   "microscope (restore3d train OUT --adapt-to STACK, or Refiner.adapt) or "
+                                   "use the classical stages alone (--no-refiner)", checked.summary())
+        ctx.info["refiner"] = report
         return out
 
     # ------------------------------------------------------------------ adaptation
     def adapt(self, volume, spacing, *, minutes: float = 3.0, steps: int | None = None, pool: int = 24,
-              out=None, seed: int = 0, psf=None, device=None, progress: bool = False) -> "Refiner":
+              out=None, seed: int = 0, psf=None, device=None, progress: bool = False,
+              consistency: float = 1.0) -> "Refiner":
         """Fine-tune this refiner to the microscope that recorded ``volume``.
 
         The PSF (estimated from the volume's beads unless given), the ambient
@@ -183,6 +223,12 @@ class Refiner(Stage):
         seed : int
         psf : ndarray, optional
             The PSF, when known, instead of estimating it.
+        consistency : float
+            Weight of the self-supervised loss on the user's own volume
+            (:class:`~restore3d.refiner.consistency.ConsistencyLoss`: the
+            refined beads convolved with the PSF must match the data
+            convolved with the target's kernel); 0 trains on the tuned
+            simulations alone.
 
         Returns
         -------
@@ -191,6 +237,7 @@ class Refiner(Stage):
         """
         from .adapt import adapt_refiner
         path = adapt_refiner(self, as_volume(volume), as_spacing(spacing), minutes=minutes, steps=steps,
-                             pool=pool, out=out, seed=seed, psf=psf, device=device, progress=progress)
+                             pool=pool, out=out, seed=seed, psf=psf, device=device, progress=progress,
+                             consistency=consistency)
         return Refiner(str(path), device=self.device, tile_shape=self.tile_shape, max_voxels=self.max_voxels,
-                       precision=self.precision)
+                       precision=self.precision, check=self.check)

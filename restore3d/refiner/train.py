@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -12,14 +11,15 @@ import numpy as np
 
 from .. import metrics
 from ..pipeline import Pipeline
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, write_meta
 from .data import Pair, SimulationRanges, default_prefix, make_pairs, random_patch
 from .losses import make_loss
 from .model import UNetConfig, build_model
 from .normalize import Normalizer
 from .precision import autocast, resolve_precision
+from .transforms import render_torch
 
-__all__ = ["TrainConfig", "train", "TrainResult"]
+__all__ = ["TrainConfig", "train", "TrainResult", "DEFAULT_GRID"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,9 @@ class TrainResult:
     log: list
 
 
+#: The working grid of rendering refiners: voxels of half the target FWHM, at most 3x finer than the data.
+DEFAULT_GRID = {"samples": 2.0, "max_zoom": 3.0}
+
 _VAL_SEED = 10 ** 9  # validation seeds live far from the training seeds
 
 
@@ -100,6 +103,12 @@ def _lr_at(step, cfg):
         return float(cfg.lr * (step + 1) / cfg.warmup)
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return float(cfg.lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * min(t, 1.0)))))
+
+
+def _forward(model, x, sigmas):
+    """The network's prediction as the restored volume: its object rendered when ``sigmas`` are given."""
+    pred = model(x)
+    return pred if sigmas is None else render_torch(pred.float(), sigmas)
 
 
 def _validate(model, pairs: list[Pair], loss_fn, device, precision="fp32"):
@@ -114,7 +123,9 @@ def _validate(model, pairs: list[Pair], loss_fn, device, precision="fp32"):
             if any(q[1] for q in pad):
                 x = torch.nn.functional.pad(x, [v for q in reversed(pad) for v in q], mode="replicate")
             pred = model(x)[..., : p.input.shape[0], : p.input.shape[1], : p.input.shape[2]].float()
-            losses.append(float(loss_fn(pred, y)))
+            if p.sigma is not None:
+                pred = render_torch(pred, p.sigma[None])
+            losses.append(float(loss_fn(pred / p.loss_scale, y / p.loss_scale)))
             out = pred[0, 0].cpu().numpy()
             stds.append(float(out.std()))
             nrmses.append(metrics.nrmse(out, p.target))
@@ -130,7 +141,8 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
           normalizer: Normalizer | None = None, ranges: SimulationRanges = SimulationRanges(),
           prefix: Pipeline | None = None, init=None, resume: bool = False, device=None,
           threads: int | None = None, progress: bool = True, command: str | None = None,
-          pairs: list[Pair] | None = None, input_transform="auto") -> TrainResult:
+          pairs: list[Pair] | None = None, input_transform="auto", output_transform="auto",
+          extra_loss=None, extra_weight: float = 1.0, grid="auto") -> TrainResult:
     """Train (or fine-tune) a refiner and write its checkpoint ``out.pt`` / ``out.json``.
 
     Parameters
@@ -161,12 +173,26 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
         The command line that launched training, recorded in the JSON.
     pairs : list of Pair, optional
         Pre-made training pairs (skips generating the pool); they must have
-        been made with the same ``input_transform``.
+        been made with the same ``input_transform`` and ``output_transform``.
     input_transform : "auto", None or "target_blur"
         How the preceding stages' output becomes the network input
-        (:func:`restore3d.refiner.data.apply_input_transform`); "auto" is
-        "target_blur" after classical stages, None for raw input. Kept by
-        ``init`` when fine-tuning.
+        (:func:`restore3d.refiner.transforms.apply_input_transform`); "auto"
+        is None. Kept by ``init`` when fine-tuning.
+    output_transform : "auto", None or "render"
+        ``"render"``: the network predicts the bead object and the target's
+        isotropic Gaussian is rendered after it
+        (:mod:`restore3d.refiner.transforms`); "auto" is "render" after
+        classical stages, None for raw input. Kept by ``init``.
+    grid : "auto", dict or None
+        The working grid (:func:`restore3d.refiner.grid.working_grid`
+        options) on which the network runs; "auto" is
+        :data:`DEFAULT_GRID` for rendering refiners, None (the volume's own
+        grid) otherwise. Kept by ``init``.
+    extra_loss : callable, optional
+        ``extra_loss(model, rng, device)`` returns a scalar loss added to
+        every step's, times ``extra_weight`` (e.g. the self-supervised
+        :class:`restore3d.refiner.consistency.ConsistencyLoss` on the user's
+        own volume, when adapting).
 
     Returns
     -------
@@ -183,9 +209,17 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
         normalizer = Normalizer(offset="zero" if len(prefix) else "median")
     if init is not None:
         from .checkpoint import read_meta
-        input_transform = read_meta(init).get("input_transform")
-    elif input_transform == "auto":
-        input_transform = "target_blur" if len(prefix) else None
+        init_meta = read_meta(init)
+        input_transform = init_meta.get("input_transform")
+        output_transform = init_meta.get("output_transform")
+        grid = init_meta.get("grid")
+    else:
+        if input_transform == "auto":
+            input_transform = None
+        if output_transform == "auto":
+            output_transform = "render" if len(prefix) else None
+        if grid == "auto":
+            grid = dict(DEFAULT_GRID) if output_transform == "render" else None
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -193,9 +227,11 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     t0 = time.perf_counter()
     if pairs is None:
         pairs = make_pairs(config.pool, ranges, prefix, normalizer, seed=config.seed * 100_000,
-                           progress=progress, desc="training volumes", input_transform=input_transform)
+                           progress=progress, desc="training volumes", input_transform=input_transform,
+                           output_transform=output_transform, grid=grid)
     val_pairs = make_pairs(config.validation, ranges, prefix, normalizer, seed=_VAL_SEED + config.seed,
-                           progress=progress, desc="validation volumes", input_transform=input_transform)
+                           progress=progress, desc="validation volumes", input_transform=input_transform,
+                           output_transform=output_transform, grid=grid)
     pool_seconds = time.perf_counter() - t0
 
     if init is not None:
@@ -226,9 +262,11 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
         log_path.unlink()  # a fresh run over an old checkpoint: its log starts anew
     meta = {
         "input_transform": input_transform,
+        "output_transform": output_transform,
+        "grid": grid,
         "normalization": normalizer.to_dict(),
         "prefix": prefix.to_dict(),
-        "spacing_range": {"dz": list(ranges.dz), "dxy": list(ranges.dxy)},
+        "spacing_range": None if grid else {"dz": list(ranges.dz), "dxy": list(ranges.dxy)},
         "simulation_ranges": ranges.to_dict(),
         "loss": {"name": config.loss, "params": dict(config.loss_params)},
         "training": {"config": config.to_dict(), "command": command, "device": dev.type,
@@ -246,13 +284,18 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     while step < config.steps:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, config)
-        xs, ys = zip(*(random_patch(pairs[int(rng.integers(len(pairs)))], config.patch, rng)
-                       for _ in range(config.batch)))
+        chosen = [pairs[int(rng.integers(len(pairs)))] for _ in range(config.batch)]
+        xs, ys = zip(*(random_patch(p, config.patch, rng) for p in chosen))
         x = torch.from_numpy(np.stack(xs))[:, None].to(dev)
         y = torch.from_numpy(np.stack(ys))[:, None].to(dev)
+        sigmas = None if output_transform is None else np.stack([p.sigma for p in chosen])
         with autocast(precision, dev):
-            pred = model(x)
-        loss = loss_fn(pred.float(), y)
+            pred = _forward(model, x, sigmas)
+        weight = torch.tensor([1.0 / p.loss_scale for p in chosen], device=dev).view(-1, 1, 1, 1, 1)
+        loss = loss_fn(pred.float() * weight, y * weight)
+        if extra_loss is not None:
+            with autocast(precision, dev):
+                loss = loss + extra_weight * extra_loss(model, rng, dev)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -302,8 +345,6 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     m["training"]["total_steps"] = step
     m["training"]["total_seconds"] = round(seconds, 1)
     m["training"]["history"] = history
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    tmp.write_text(json.dumps(m, indent=2))
-    os.replace(tmp, ckpt)
+    write_meta(ckpt, m)
     return TrainResult(checkpoint=ckpt, steps=step, seconds=seconds, pool_seconds=pool_seconds,
                        best=best or {}, log=history)

@@ -1,0 +1,99 @@
+"""What the refiner network's input and output mean: the transforms around it.
+
+The restoration target is every bead blurred by an isotropic Gaussian whose
+FWHM is the PSF's lateral FWHM (DESIGN.md). A refiner whose checkpoint says
+``output_transform = "render"`` predicts the compact bead *object* and this
+module renders the target's Gaussian after it, analytically, on the
+volume's own grid: the result cannot be narrower than the target along any
+axis, so beads cannot come out flattened whatever the sampling, and the
+network's task (make each bead compact) does not depend on the voxel size.
+``input_transform = "target_blur"`` (earlier checkpoints) renders the
+Richardson-Lucy output at the target resolution before the network.
+
+Inference and training share these functions; nothing here imports the
+training code.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..target import TARGET_TRUNCATE, lateral_fwhm, target_blur, target_sigma
+
+__all__ = ["INPUT_TRANSFORMS", "OUTPUT_TRANSFORMS", "apply_input_transform", "apply_output_transform",
+           "render_torch", "extra_halo"]
+
+INPUT_TRANSFORMS = (None, "target_blur")
+OUTPUT_TRANSFORMS = (None, "render")
+
+def _needs_psf(psf, what):
+    if psf is None:
+        raise ValueError(f"this refiner {what} and needs the PSF of the preceding stages: run it after "
+                         "EstimatePSF (or pass psf= to the run)")
+
+
+def apply_input_transform(volume, spacing, transform, psf):
+    """The refiner's input from the preceding stages' output (see :data:`INPUT_TRANSFORMS`)."""
+    if transform is None:
+        return volume
+    if transform != "target_blur":
+        raise ValueError(f"unknown input transform {transform!r}; expected one of {INPUT_TRANSFORMS}")
+    _needs_psf(psf, "renders its input at the target resolution")
+    return target_blur(volume, spacing, lateral_fwhm(psf, spacing))
+
+
+def apply_output_transform(volume, spacing, transform, psf):
+    """The restored volume from the network's output (see :data:`OUTPUT_TRANSFORMS`)."""
+    if transform is None:
+        return volume
+    if transform != "render":
+        raise ValueError(f"unknown output transform {transform!r}; expected one of {OUTPUT_TRANSFORMS}")
+    _needs_psf(psf, "renders the target's isotropic kernel after the network")
+    return target_blur(volume, spacing, lateral_fwhm(psf, spacing))
+
+
+def extra_halo(meta: dict, spacing, psf) -> np.ndarray:
+    """Context (z, y, x voxels) the transforms add to the network's own receptive field."""
+    n = sum(meta.get(k) is not None for k in ("input_transform", "output_transform"))
+    if n == 0 or psf is None:
+        return np.zeros(3, int)
+    sigma = target_sigma(spacing, lateral_fwhm(psf, spacing))
+    return n * np.ceil(TARGET_TRUNCATE * sigma).astype(int)
+
+
+def render_torch(obj, sigma):
+    """:func:`target_blur` of a torch batch ``(N, 1, Z, Y, X)``, one sigma triple (voxels) per sample.
+
+    Same kernel as :func:`scipy.ndimage.gaussian_filter` (sampled Gaussian,
+    normalised, radius ``int(4 sigma + 0.5)``, mirrored edges), so training
+    sees exactly what inference renders; differentiable; always float32
+    (outside any autocast).
+    """
+    import torch
+    sig = np.broadcast_to(np.asarray(sigma, float), (obj.shape[0], 3))
+    with torch.autocast(device_type=obj.device.type, enabled=False):
+        return torch.cat([_render_one(obj[i:i + 1].float(), s) for i, s in enumerate(sig)], 0)
+
+
+def _render_one(x, sig):
+    """Separable blur of one ``(1, 1, Z, Y, X)`` tensor."""
+    import torch
+    import torch.nn.functional as F
+    for axis, s in enumerate(sig):
+        radius = int(TARGET_TRUNCATE * float(s) + 0.5)
+        if radius == 0:
+            continue
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        k = torch.exp(-0.5 * (t / float(s)) ** 2)
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = k.numel()
+        x = F.conv3d(_reflect_pad(x, 2 + axis, radius), (k / k.sum()).view(shape))
+    return x
+
+
+def _reflect_pad(x, dim, radius):
+    """Pad one axis by ``radius`` with scipy's "reflect" rule (edge sample repeated), any radius."""
+    import torch
+    n = x.shape[dim]
+    idx = torch.remainder(torch.arange(-radius, n + radius, device=x.device), 2 * n)
+    idx = torch.where(idx >= n, 2 * n - 1 - idx, idx)
+    return torch.index_select(x, dim, idx)

@@ -1,0 +1,198 @@
+"""Does a restoration keep its promise? A check against its own data, without ground truth.
+
+A restoration promises three things (DESIGN.md): beads isotropic at the
+target's FWHM, each bead's light kept, and consistency with the data.
+Consistency can be tested without ground truth: with ``target = object * G``
+(G the target's isotropic Gaussian) and ``data - background = object * PSF +
+noise``, the restored volume convolved with the PSF must match the
+background-free data convolved with G, both being ``object * PSF * G``.
+
+:func:`check_restoration` measures all three on any restored volume (the
+refiner's, FitBeads', ...):
+
+* **roundness**: median axial / lateral FWHM of the restored volume's
+  isolated beads, over the same measure on ideal beads (isotropic
+  Gaussians of the target FWHM rendered at the same positions): 1 = as round
+  as the target, below 1 flattened, above 1 stretched;
+* **width**: median lateral FWHM over the ideal's;
+* **flux**: median over beads of the light of ``restored * PSF`` over that
+  of ``data * G`` in the same window (both blurred alike, so the window
+  holds the same share of each): the light the PSF used can explain, so
+  with a PSF estimated from the beads (whose box misses far wings) a bead
+  is as bright as its visible light, never brighter;
+* **consistency**: ``||restored * PSF - data * G|| / ||data * G||`` over the
+  bead cores (voxels where either is above half the typical bead, a
+  quarter of the PSF's size away from the faces, where light from beads
+  outside the volume enters; the data's floor, e.g. clipped noise,
+  removed), against the same ratio for pure noise (``noise_floor``).
+  Missing, invented, shifted or misshapen beads raise it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from ._checks import as_psf, as_spacing, as_volume
+from .target import lateral_fwhm, target_blur
+
+__all__ = ["SelfCheck", "check_restoration", "LIMITS"]
+
+#: Pass windows: roundness and width (ratios to the ideal), flux (ratio), consistency (residual).
+LIMITS = {"roundness": (0.85, 1.2), "width": (0.85, 1.15), "flux": (0.8, 1.25), "consistency": (0.0, 0.45)}
+
+
+@dataclasses.dataclass
+class SelfCheck:
+    """Result of :func:`check_restoration` (see the module docstring for each measure)."""
+
+    roundness: float
+    width: float
+    flux: float
+    consistency: float
+    noise_floor: float
+    n_beads: int
+    fwhm_um: float
+    failed: list
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        """One line: the measures and what failed."""
+        state = "passed" if self.passed else "FAILED (" + "; ".join(self.failed) + ")"
+        return (f"self-check {state}: roundness {self.roundness:.2f} x ideal, lateral width "
+                f"{self.width:.2f} x target, flux {self.flux:.2f}, consistency {self.consistency:.2f} "
+                f"(noise alone {self.noise_floor:.2f}), {self.n_beads} beads")
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+def _fft_convolve(volume, psf):
+    from scipy.signal import fftconvolve
+    return fftconvolve(volume, psf, mode="same").astype(np.float32)
+
+
+def check_restoration(restored: np.ndarray, data: np.ndarray, psf: np.ndarray, spacing: Sequence[float], *,
+                      fwhm_um: float | None = None, noise_sigma: float | None = None,
+                      limits: dict | None = None, max_beads: int = 300) -> SelfCheck:
+    """Hold a restored volume to the promise of the restoration target, using only its own data.
+
+    Parameters
+    ----------
+    restored : (Z, Y, X) ndarray
+        The restored volume.
+    data : (Z, Y, X) ndarray
+        The background-free data it was restored from (the output of
+        :class:`restore3d.SubtractBackground`).
+    psf : (z, y, x) ndarray
+        The PSF the restoration used, same spacing.
+    spacing : (dz, dy, dx) floats, micrometres
+    fwhm_um : float, optional
+        The target's FWHM; default the PSF's lateral FWHM.
+    noise_sigma : float, optional
+        Noise standard deviation of ``data`` for the consistency's noise
+        floor; default measured (:func:`restore3d.background.estimate_noise`).
+    limits : dict, optional
+        Pass windows overriding :data:`LIMITS`.
+    max_beads : int
+        Beads measured at most (the brightest).
+
+    Returns
+    -------
+    SelfCheck
+        ``failed`` lists each measure outside its window with what it means.
+    """
+    from .assess import beads_above, ideal_volume
+    from .background import estimate_noise
+    from .detect import measure_beads
+    from .metrics import isolated
+    res = as_volume(restored, name="restored")
+    dat = as_volume(data, name="data")
+    spacing = as_spacing(spacing)
+    psf = as_psf(psf)
+    if res.shape != dat.shape:
+        raise ValueError(f"restored shape {res.shape} differs from data shape {dat.shape}")
+    lim = {**LIMITS, **(limits or {})}
+    fw = lateral_fwhm(psf, spacing) if fwhm_um is None else float(fwhm_um)
+    nbh = tuple(0.5 * fw for _ in range(3))
+    window = tuple(max(3 * fw, 3 * d) for d in spacing)
+    isolation = tuple(6 * fw for _ in range(3))
+
+    beads, typical = beads_above(res, spacing, neighbourhood_um=nbh)
+    beads = beads[:max_beads]
+    iso = beads[isolated(beads, spacing=spacing, radius_um=isolation)] if len(beads) else beads
+    roundness = width = float("nan")
+    if len(iso):
+        m = measure_beads(res, spacing, iso, window_um=window)
+        ideal = measure_beads(ideal_volume(iso, res.shape, spacing, fw), spacing, iso, window_um=window)
+
+        def elong(t):
+            lat = 0.5 * (t["fwhm_y"] + t["fwhm_x"])  # NaN where either is unmeasurable
+            return t["fwhm_z"] / lat, lat
+
+        e, lat = elong(m)
+        e_ideal, lat_ideal = elong(ideal)
+        roundness = _median(e / e_ideal)
+        width = _median(lat / lat_ideal)
+
+    forward = _fft_convolve(res, psf)
+    smoothed = target_blur(dat, spacing, fw)
+    smoothed -= np.median(smoothed)  # the data's floor (clipped noise, residual glow)
+    level = 0.5 * _median(_peaks_at(smoothed, beads))
+    mask = (forward > level) | (smoothed > level) if np.isfinite(level) and level > 0 else np.zeros(res.shape, bool)
+    # near the faces the data holds light of beads outside the volume and both sides feel their edge rule
+    for axis, (n, p) in enumerate(zip(res.shape, psf.shape)):
+        b = min(p // 4, n // 3)
+        if b:
+            mask[(slice(None),) * axis + (slice(0, b),)] = False
+            mask[(slice(None),) * axis + (slice(n - b, n),)] = False
+    flux = consistency = floor = float("nan")
+    if mask.any():
+        diff = (forward - smoothed)[mask]
+        ref = float(np.linalg.norm(smoothed[mask]))
+        consistency = float(np.linalg.norm(diff)) / ref if ref > 0 else float("nan")
+        sigma = estimate_noise(dat) if noise_sigma is None else float(noise_sigma)
+        g = target_blur(_delta(res.shape), spacing, fw)
+        floor = sigma * float(np.sqrt((g ** 2).sum() * mask.sum())) / ref if ref > 0 else float("nan")
+    if len(iso):
+        a = measure_beads(forward, spacing, iso, window_um=window)["intensity"]
+        b = measure_beads(smoothed, spacing, iso, window_um=window)["intensity"]
+        ok = b > 0
+        flux = _median(a[ok] / b[ok])
+
+    failed = []
+    for name, value, what in (("roundness", roundness, "beads flattened (<) or stretched (>)"),
+                              ("width", width, "beads narrower or wider than the target across"),
+                              ("flux", flux, "bead light not kept"),
+                              ("consistency", consistency, "restored * PSF does not match the data")):
+        lo, hi = lim[name]
+        if np.isfinite(value) and not lo <= value <= hi:
+            failed.append(f"{name} {value:.2f} outside [{lo}, {hi}]: {what}")
+    return SelfCheck(roundness=roundness, width=width, flux=flux, consistency=consistency, noise_floor=floor,
+                     n_beads=len(iso), fwhm_um=fw, failed=failed)
+
+
+def _peaks_at(volume, beads):
+    if len(beads) == 0:
+        return np.zeros(0)
+    idx = np.clip(np.round(np.stack([beads["z"], beads["y"], beads["x"]], 1)).astype(int), 0,
+                  np.asarray(volume.shape) - 1)
+    return volume[idx[:, 0], idx[:, 1], idx[:, 2]]
+
+
+def _delta(shape):
+    d = np.zeros(tuple(min(s, 33) for s in shape), np.float32)
+    d[tuple(n // 2 for n in d.shape)] = 1.0
+    return d
+
+
+def _median(x):
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else float("nan")

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from restore3d.assess import compare_to_raw, ideal_volume
+from restore3d.psf import gaussian_psf
+from restore3d.simulate import AmbientLight, simulate_beads
+
+SP = (0.2, 0.08, 0.08)
+
+
+@pytest.fixture(scope="module")
+def raw():
+    """Background-free, lightly noisy beads, elongated 3x along z, with their truth."""
+    psf = gaussian_psf(SP, fwhm_lateral=0.3, fwhm_axial=0.9)
+    sim = simulate_beads((40, 96, 96), SP, n_beads=16, psf=psf, bead_diameter=0.0, flux=20000.0, read_noise=0.5,
+                         ambient=AmbientLight(offset=0, level=0), min_separation=2.0, seed=2)
+    return sim
+
+
+def test_raw_against_itself(raw):
+    """A volume compared with itself: same beads, nothing invented, every ratio 1."""
+    c = compare_to_raw(raw.raw, raw.raw, SP)
+    assert c.beads == c.raw_beads == c.matched and c.invented == 0
+    assert c.flux_ratio == pytest.approx(1.0) and c.lateral_vs_raw == pytest.approx(1.0)
+    assert c.raw_elongation == pytest.approx(3.0, rel=0.15)
+
+
+def test_ideal_beads_are_round_against_the_ideal(raw):
+    """Isotropic beads of the raw lateral FWHM at the raw positions measure as the ideal, with the raw's light."""
+    from restore3d.assess import beads_above
+    beads, _ = beads_above(raw.raw, SP)
+    ideal = ideal_volume(raw.truth, raw.raw.shape, SP, 0.3) * 20000.0
+    c = compare_to_raw(ideal, raw.raw, SP)
+    assert c.elongation_vs_ideal == pytest.approx(1.0, abs=0.05)
+    assert c.lateral_vs_raw == pytest.approx(1.0, abs=0.08)
+    assert c.flux_ratio == pytest.approx(1.0, abs=0.1)
+    assert len(beads) >= 12
+
+
+def test_invented_spots_counted(raw):
+    """Bright spots where the raw volume has no bead are counted as invented."""
+    out = raw.raw.copy()
+    out[20, 5, 90] = out[20, 90, 5] = float(raw.raw.max())
+    c = compare_to_raw(out, raw.raw, SP)
+    assert c.invented == 2
+
+
+def test_shape_mismatch_rejected(raw):
+    """Comparing volumes on different grids is refused."""
+    with pytest.raises(ValueError, match="differs from raw shape"):
+        compare_to_raw(raw.raw[1:], raw.raw, SP)
