@@ -29,7 +29,7 @@ from ._checks import as_spacing, as_volume
 
 __all__ = ["estimate_background", "subtract_background", "estimate_noise",
            "wavelet_background", "rolling_ball_background", "percentile_background",
-           "DEFAULT_SCALE_UM", "METHODS"]
+           "wavelet_blocks", "context_voxels", "DEFAULT_SCALE_UM", "METHODS"]
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +149,46 @@ def wavelet_background(volume: np.ndarray, spacing: Sequence[float], *,
     sigma = estimate_noise(vol) if noise is None else float(noise)
     smooth = [2.0 ** (lvl - 1) if lvl > 0 else 0.0 for lvl in levels]
     log.debug("wavelet background: levels %s, smoothing sigma %s voxels, noise %.3g", levels, smooth, sigma)
-    work = vol.astype(np.float32)
+    ops = [_axis_operator(n, lvl, sm, w) for n, lvl, sm in zip(vol.shape, levels, smooth)]
+    work = vol
     bg = vol
     for _ in range(iterations):
-        bg = _wavelet_lowpass(work, levels, w, "symmetric")
-        bg = ndimage.gaussian_filter(bg, smooth, mode="reflect")
+        bg = _separable(ops, work)
         work = np.minimum(vol, bg + np.float32(clip_sigma * sigma))
     return np.asarray(bg, dtype=np.float32)
+
+
+def _axis_operator(n, level, sigma, wavelet):
+    """The wavelet approximation followed by the Gaussian along one axis, as ``W @ H`` (or None: identity).
+
+    ``H`` (k x n) maps the axis to its distinct approximation values (the
+    2**level-voxel blocks of a Haar approximation: k = n / 2**level) and
+    ``W`` (n x k) spreads them back, smoothed. Both are read off the
+    approximation of the identity matrix (PyWavelets, symmetric edges) and
+    :func:`scipy.ndimage.gaussian_filter1d` (mirrored edges), so the product
+    is exactly the full-size computation, at the cost of the small grid.
+    """
+    if level <= 0 and sigma <= 0:
+        return None
+    proj = _wavelet_lowpass(np.eye(n), [level], wavelet, "symmetric") if level > 0 else np.eye(n)
+    rows, index = np.unique(np.round(proj, 12), axis=0, return_inverse=True)
+    spread = np.zeros((n, len(rows)))
+    spread[np.arange(n), index.ravel()] = 1.0
+    if sigma > 0:
+        spread = ndimage.gaussian_filter1d(spread, sigma, axis=0, mode="reflect")
+    return spread.astype(np.float32), rows.astype(np.float32)
+
+
+def _separable(ops, volume):
+    """Apply one ``W @ H`` operator per axis (None: identity): first down to the small grid, then back."""
+    out = volume
+    for axis, op in enumerate(ops):
+        if op is not None:
+            out = np.moveaxis(np.tensordot(op[1], out, axes=(1, axis)), 0, axis)
+    for axis, op in enumerate(ops):
+        if op is not None:
+            out = np.moveaxis(np.tensordot(op[0], out, axes=(1, axis)), 0, axis)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def rolling_ball_background(volume: np.ndarray, spacing: Sequence[float], *,
@@ -225,6 +258,38 @@ def percentile_background(volume: np.ndarray, *, percentile: float = 50.0,
 
 
 METHODS = ("wavelet", "rolling_ball", "percentile")
+
+
+def wavelet_blocks(spacing: Sequence[float], *, scale=None, wavelet: str = "db1",
+                   axial: str = "planewise") -> tuple[int, int, int]:
+    """Block size (voxels, z, y, x) of :func:`wavelet_background`'s approximation on an unbounded volume.
+
+    Chunks of a large volume must start on this grid for the chunked
+    background to equal the whole one.
+    """
+    import pywt
+    spacing = as_spacing(spacing)
+    levels = _levels((1 << 20,) * 3, spacing, _scale_um(scale, spacing), pywt.Wavelet(wavelet).dec_len)
+    if axial == "planewise":
+        levels[0] = 0
+    return tuple(2 ** int(lv) for lv in levels)
+
+
+def context_voxels(method: str, spacing: Sequence[float], *, scale=None, radius=None,
+                   axial: str = "planewise") -> tuple[int, int, int]:
+    """Voxels of context (z, y, x) on each side a background estimate at one voxel depends on.
+
+    Wavelet: blocks of up to twice the scale plus the Gaussian smoothing of
+    half that; rolling ball: the ball; percentile: none (a constant).
+    """
+    if method == "percentile":
+        return (0, 0, 0)
+    spacing = as_spacing(spacing)
+    size = np.asarray(_scale_um(scale if scale is not None else radius, spacing)) / np.asarray(spacing)
+    halo = np.ceil(2.5 * size).astype(int)
+    if method == "wavelet" and axial == "planewise":
+        halo[0] = 0
+    return tuple(int(h) for h in halo)
 
 
 def estimate_background(volume: np.ndarray, spacing: Sequence[float], *, method: str = "wavelet",

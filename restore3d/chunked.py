@@ -47,11 +47,12 @@ def freeze_pipeline(pipeline: Pipeline, sample: np.ndarray, *, spacing, psf=None
     frozen = []
     stages = [(n, s) for n, s in pipeline.steps if s != PASSTHROUGH]
     for i, (name, stage) in enumerate(stages):
+        ctx.step = name
         fs = stage.freeze(vol, ctx)
         frozen.append((name, fs))
         if i + 1 < len(stages) and fs != PASSTHROUGH:
             vol = np.asarray(fs(vol, ctx), np.float32)
-        ctx.info.setdefault("history", []).append(type(stage).__name__)
+        ctx.history.append(type(stage).__name__)
     return Pipeline(frozen or [("identity", PASSTHROUGH)]), ctx
 
 

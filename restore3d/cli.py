@@ -105,8 +105,7 @@ def _out_axes(in_path, out_path, args):
 def _mat_variable(path):
     from . import io
     try:
-        data, name, *_ = io._read_mat(Path(path), None)
-        return name
+        return io.load_file(path).variable
     except ValueError:
         return None
 

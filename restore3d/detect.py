@@ -153,21 +153,42 @@ def typical_height(heights, *, fraction: float = 0.1) -> float:
 def noise_threshold(heights: np.ndarray, n_voxels: int, snr: float) -> float:
     """Height above which a local maximum is a bead rather than noise.
 
-    When local maxima are plentiful (more than one per 400 voxels: smoothed
-    noise gives about one per 250-300 with the default neighbourhood, while
-    even a crowded bead volume has fewer than one bead per 500 voxels),
-    most of them are noise: the threshold is their median plus ``snr`` robust
-    standard deviations (1.4826 MAD) of their heights. Noise in restored
-    volumes is heavy-tailed (deconvolution turns it into spikes), so
-    thresholds in units of the voxel noise let thousands of spikes through;
-    the distribution of the maxima themselves does not. With few maxima the
-    volume is clean and every maximum counts (threshold 0).
+    When the maxima are mostly noise, the threshold is their median plus
+    ``snr`` robust standard deviations (1.4826 MAD) of their heights: noise
+    in restored volumes is heavy-tailed (deconvolution turns it into
+    spikes) and so is the noise of 8-bit stacks (hot pixels on a clipped
+    background), so thresholds in units of the voxel noise let thousands of
+    spikes through; the distribution of the maxima themselves does not.
+
+    The maxima are mostly noise when they are plentiful (more than one per
+    400 voxels: smoothed noise gives about one per 250-300 with the default
+    neighbourhood, while even a crowded bead volume has fewer than one bead
+    per 500 voxels) or when their median is a small fraction (under 5 %) of
+    the brightest (a clipped 8-bit background leaves few maxima, but they
+    are low and the beads stand far above them). Where the noise maxima's
+    tail is heavier than that (hot pixels) and even their top percent lies
+    under 5 % of the brightest, the threshold rises to where an exponential
+    tail through their 90th and 99th percentiles predicts half a noise
+    maximum in the whole volume. Otherwise the volume is
+    clean (noise-free, or restored with a black background) and every
+    maximum counts (threshold 0).
     """
     h = np.asarray(heights, np.float64)
-    if h.size <= n_voxels / 400:
+    if h.size == 0:
         return 0.0
     med = float(np.median(h))
-    return med + snr * 1.4826 * float(np.median(np.abs(h - med)))
+    if h.size <= n_voxels / 400 and med >= 0.05 * float(h.max()):
+        return 0.0
+    spread = 1.4826 * float(np.median(np.abs(h - med)))
+    threshold = med + snr * spread
+    q90, q99 = np.percentile(h, [90.0, 99.0])
+    if h.size >= 1000 and q99 < 0.05 * float(h.max()):
+        # heavy tails, with even the top percent of the maxima far below the beads (noise): extend
+        # the exponential tail through the 90th and 99th percentiles to the height that half a
+        # noise maximum of the whole volume would exceed
+        tail = q99 + (q99 - q90) / np.log(10.0) * np.log(0.01 * h.size / 0.5)
+        threshold = max(threshold, float(tail))
+    return threshold
 
 
 def detect_beads(volume: np.ndarray, spacing: Sequence[float], *, threshold: float | None = None,

@@ -17,7 +17,6 @@ import numpy as np
 from scipy import fft as sfft
 
 from ._checks import as_psf, as_rng, as_spacing
-from ._profiles import FWHM_PER_SIGMA
 from .psf import fwhm, make_psf
 from .target import render_target
 

@@ -64,8 +64,10 @@ class SubtractBackground(Stage):
     percentile : float, optional
         Shortcut for ``options={"percentile": ...}`` with ``method="percentile"``.
 
-    The estimated background level and the noise of the result are reported
-    in ``ctx.info["background"]``.
+    The estimated background level and the noise of the volume are reported
+    under the step's name (``result.info["background"]``); the
+    background-free volume and the noise level go to the run context for
+    later stages.
     """
 
     default_name = "background"
@@ -100,33 +102,23 @@ class SubtractBackground(Stage):
         """Wavelet blocks of ``2**level`` voxels: chunks must start on that grid."""
         if self.method != "wavelet":
             return (1, 1, 1)
-        import pywt
         opts = self._options()
-        scale = _bg._scale_um(opts.get("scale"), spacing)
-        levels = _bg._levels((1 << 20,) * 3, spacing, scale, pywt.Wavelet(opts.get("wavelet", "db1")).dec_len)
-        if opts.get("axial", "planewise") == "planewise":
-            levels[0] = 0
-        return tuple(2 ** int(lv) for lv in levels)
+        return _bg.wavelet_blocks(spacing, scale=opts.get("scale"), wavelet=opts.get("wavelet", "db1"),
+                                  axial=opts.get("axial", "planewise"))
 
     def halo(self, spacing, psf):
-        if self.method == "percentile":
-            return (0, 0, 0)
         opts = self._options()
-        scale = np.asarray(_bg._scale_um(opts.get("scale", opts.get("radius")), spacing)) / np.asarray(spacing)
-        # wavelet: blocks of up to 2 * scale voxels plus Gaussian smoothing of half that
-        halo = np.ceil(2.5 * scale).astype(int)
-        if self.method == "wavelet" and opts.get("axial", "planewise") == "planewise":
-            halo[0] = 0
-        return tuple(int(h) for h in halo)
+        return _bg.context_voxels(self.method, spacing, scale=opts.get("scale"), radius=opts.get("radius"),
+                                  axial=opts.get("axial", "planewise"))
 
     def __call__(self, volume: np.ndarray, ctx: RunContext) -> np.ndarray:
         bg = _bg.estimate_background(volume, ctx.spacing, method=self.method, **self._options())
         out = volume - bg
         if self.clip:
             np.maximum(out, 0, out=out)
-        ctx.info["background"] = {"method": self.method, "mean": float(bg.mean()),
-                                  "min": float(bg.min()), "max": float(bg.max()),
-                                  "noise_sigma": _bg.estimate_noise(volume)}
+        ctx.noise_sigma = _bg.estimate_noise(volume)
+        ctx.report({"method": self.method, "mean": float(bg.mean()), "min": float(bg.min()),
+                    "max": float(bg.max()), "noise_sigma": ctx.noise_sigma})
         ctx.background_free = out
         return out
 
@@ -136,7 +128,7 @@ class EstimatePSF(Stage):
 
     The volume passes through unchanged; the PSF goes to ``ctx.psf`` for the
     deconvolution stages and onto the :class:`~restore3d.pipeline.Result`,
-    its statistics to ``ctx.info["psf"]``.
+    its statistics to the step's report (``result.info["psf"]``).
 
     Parameters
     ----------
@@ -172,7 +164,7 @@ class EstimatePSF(Stage):
     def __call__(self, volume, ctx: RunContext):
         if ctx.psf is not None and self.keep_given:
             ctx.logger.info("EstimatePSF: keeping the PSF given to the run")
-            ctx.info["psf"] = {"source": "given", "fwhm_um": fwhm(ctx.psf, ctx.spacing).tolist()}
+            ctx.report({"source": "given", "fwhm_um": fwhm(ctx.psf, ctx.spacing).tolist()})
             return volume
         try:
             est = estimate_psf(volume, ctx.spacing, half_size_um=self.half_size_um, snr=self.snr,
@@ -184,12 +176,11 @@ class EstimatePSF(Stage):
             spec = dict(self.fallback)
             ctx.logger.warning("PSF estimation failed (%s); using the fallback model %s", exc, spec)
             ctx.psf = make_psf(ctx.spacing, model=spec.pop("model", "widefield"), **spec)
-            ctx.info["psf"] = {"source": "fallback", "fwhm_um": fwhm(ctx.psf, ctx.spacing).tolist()}
+            ctx.report({"source": "fallback", "fwhm_um": fwhm(ctx.psf, ctx.spacing).tolist()})
             return volume
         ctx.psf = est.psf
-        ctx.info["psf"] = {"source": "estimated", "n_beads": est.n_beads,
-                           "n_candidates": est.n_candidates, "rejected": est.rejected,
-                           "fwhm_um": est.fwhm_um.tolist(), "model_fit": est.model_fit}
+        ctx.report({"source": "estimated", "n_beads": est.n_beads, "n_candidates": est.n_candidates,
+                    "rejected": est.rejected, "fwhm_um": est.fwhm_um.tolist(), "model_fit": est.model_fit})
         return volume
 
 
@@ -225,8 +216,8 @@ class RichardsonLucy(Stage):
                                     backprojector=self.backprojector, background=self.background,
                                     spacing=ctx.spacing, device=ctx.device, progress=ctx.progress,
                                     return_info=True, init=self.init, alphas=self.alphas)
-        ctx.info["rl"] = {"iterations": info.iterations, "converged": info.converged,
-                          "seconds": info.seconds, "alphas": info.alphas, "init_level": info.init_level}
+        ctx.report({"iterations": info.iterations, "converged": info.converged, "seconds": info.seconds,
+                    "alphas": info.alphas, "init_level": info.init_level})
         return out
 
     def freeze(self, sample, ctx):
@@ -287,8 +278,8 @@ class BlindDeconvolution(Stage):
             psf_iterations=self.psf_iterations, boundary=self.boundary, device=ctx.device,
             progress=ctx.progress, return_info=True)
         ctx.psf = psf
-        ctx.info["blind_rl"] = {"iterations": info.iterations, "seconds": info.seconds,
-                                "fwhm_um": fwhm(psf, ctx.spacing).tolist()}
+        ctx.report({"iterations": info.iterations, "seconds": info.seconds,
+                    "fwhm_um": fwhm(psf, ctx.spacing).tolist()})
         return out
 
 
@@ -298,16 +289,18 @@ class FitBeads(Stage):
     The bead table goes to ``ctx.beads`` (and the :class:`Result`); the
     returned volume is :func:`~restore3d.fitting.render_beads` of it: each
     bead an isotropic Gaussian of the PSF's lateral FWHM, flux kept, black
-    background. The variance of an already subtracted background is taken
-    from the :class:`SubtractBackground` report of the run.
+    background. The variance of an already subtracted background is the
+    noise level :class:`SubtractBackground` measured in the run.
 
     Parameters
     ----------
     read_noise, min_significance, max_group, window_um
         As in :func:`~restore3d.fitting.fit_beads`.
     detect_on : {"volume", "deconvolved"}
-        Find the starting positions on the volume itself or on 10
-        Richardson-Lucy iterations of it (separates close beads better).
+        Find the starting positions on the volume itself or on
+        ``detect_iterations`` Richardson-Lucy iterations of it (separates
+        close beads better).
+    detect_iterations : int
     fwhm_um : float, optional
         FWHM of the rendered beads; default the PSF's lateral FWHM.
     """
@@ -315,8 +308,10 @@ class FitBeads(Stage):
     default_name = "fit"
 
     def __init__(self, *, read_noise: float = 0.0, min_significance: float = 3.0, max_group: int = 6,
-                 window_um=None, detect_on: str = "volume", fwhm_um: float | None = None, psf=None):
+                 window_um=None, detect_on: str = "volume", detect_iterations: int = 10,
+                 fwhm_um: float | None = None, psf=None):
         self.read_noise = read_noise
+        self.detect_iterations = detect_iterations
         self.min_significance = min_significance
         self.max_group = max_group
         self.window_um = window_um
@@ -330,10 +325,9 @@ class FitBeads(Stage):
         if self.detect_on not in ("volume", "deconvolved"):
             raise ValueError(f"detect_on must be 'volume' or 'deconvolved', got {self.detect_on!r}")
         psf = _stage_psf(self, ctx, volume)
-        bg = ctx.info.get("background")
-        variance = bg["noise_sigma"] ** 2 if bg else 0.0
-        probe = volume if self.detect_on == "volume" else richardson_lucy(volume, psf, iterations=10,
-                                                                           device=ctx.device)
+        variance = ctx.noise_sigma ** 2 if ctx.noise_sigma is not None else 0.0
+        probe = volume if self.detect_on == "volume" else richardson_lucy(
+            volume, psf, iterations=self.detect_iterations, device=ctx.device)
         candidates = detect_beads(probe, ctx.spacing, measure=False)
         table = fit_beads(volume, psf, ctx.spacing, candidates=candidates, read_noise=self.read_noise,
                           variance_offset=max(variance - self.read_noise ** 2, 0.0),
@@ -342,7 +336,7 @@ class FitBeads(Stage):
         w = fwhm(psf, ctx.spacing)
         size = self.fwhm_um if self.fwhm_um is not None else float(np.nanmean(w[1:]))
         ctx.beads = table
-        ctx.info["fit"] = {"n_beads": int(len(table)), "fwhm_um": size}
+        ctx.report({"n_beads": int(len(table)), "fwhm_um": size})
         return render_beads(table, volume.shape, ctx.spacing, fwhm_um=size)
 
     def halo(self, spacing, psf):
@@ -381,7 +375,7 @@ class RemoveSpecks(Stage):
     def __call__(self, volume, ctx: RunContext):
         out, info = remove_specks(volume, threshold=self.threshold, min_fraction=self.min_fraction,
                                   scale=self.scale, reference=self.reference, return_info=True)
-        ctx.info["specks"] = dataclasses.asdict(info)
+        ctx.report(dataclasses.asdict(info))
         return out
 
     def freeze(self, sample, ctx):

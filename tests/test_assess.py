@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from restore3d.assess import compare_to_raw, ideal_volume

@@ -169,8 +169,8 @@ class Refiner(Stage):
     def __call__(self, volume, ctx: RunContext):
         _, meta = self._loaded()
         expected = [s["stage"] for s in meta.get("prefix", {}).get("steps", []) if s["stage"] != "passthrough"]
-        ran = ctx.info.get("history", [])
-        if ctx.psf is not None:  # a PSF given by the user stands in for EstimatePSF
+        ran = list(ctx.history)
+        if ctx.psf_given:  # a PSF given by the user stands in for EstimatePSF
             expected = [s for s in expected if s != "EstimatePSF"]
             ran = [s for s in ran if s != "EstimatePSF"]
         if expected != ran:
@@ -191,7 +191,7 @@ class Refiner(Stage):
                 ctx.logger.warning("refiner %s. This refiner does not suit these data: adapt it to your "
                                    "microscope (restore3d train OUT --adapt-to STACK, or Refiner.adapt) or "
                                    "use the classical stages alone (--no-refiner)", checked.summary())
-        ctx.info["refiner"] = report
+        ctx.report(report)
         return out
 
     # ------------------------------------------------------------------ adaptation
