@@ -18,7 +18,8 @@ import torch
 from _common import METRIC_COLUMNS, machine, table, timed
 from restore3d import _fused, metrics
 from restore3d.background import estimate_background, estimate_noise, subtract_background
-from restore3d.deconvolution import _Model, blind_richardson_lucy, i_divergence, richardson_lucy
+from restore3d.deconvolution import blind_richardson_lucy, i_divergence, richardson_lucy
+from restore3d.forward_model import ForwardModel
 from restore3d.psf import fwhm, gaussian_psf
 from restore3d.psf_estimation import estimate_psf, normalized_cross_correlation
 from restore3d.simulate import simulate_beads
@@ -73,7 +74,7 @@ def _median_interval(values, n_boot=2000, seed=0):
 
 def speed(sim, data):
     rows = []
-    model = _Model(SHAPE, sim.psf, boundary="extend", extend="auto", device=torch.device("cpu"))
+    model = ForwardModel(SHAPE, sim.psf, boundary="extend", extend="auto", device=torch.device("cpu"))
     grid = model.grid
     n = 30
     for acc in ("none", "biggs"):  # warm-up

@@ -12,7 +12,8 @@ import numpy as np
 
 from . import background as _bg
 from .cleanup import remove_specks, speck_reference
-from .deconvolution import blind_richardson_lucy, richardson_lucy
+from .blind import blind_richardson_lucy
+from .deconvolution import richardson_lucy
 from .pipeline import RunContext, Stage
 from .psf import crop_psf, fwhm, given_psf, make_psf
 from .psf_estimation import estimate_psf

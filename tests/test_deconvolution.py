@@ -151,11 +151,11 @@ def test_pruned_forward_model_is_the_convolution_on_the_data_domain(shape):
     """The model RL divides by is crop_D(h * x), for odd sizes and an asymmetric PSF."""
     import torch
 
-    from restore3d.deconvolution import _Model
+    from restore3d.forward_model import ForwardModel
     rng = np.random.default_rng(0)
     h = rng.random((5, 7, 9)).astype(np.float32)
     h /= h.sum()
-    model = _Model(shape, h, boundary="extend", extend="auto", device=torch.device("cpu"))
+    model = ForwardModel(shape, h, boundary="extend", extend="auto", device=torch.device("cpu"))
     ext = model.ext
     x = np.zeros(model.grid, np.float32)
     obj = rng.random(tuple(n + 2 * e for n, e in zip(shape, ext))).astype(np.float32)
