@@ -58,7 +58,7 @@ def simulation_ranges(specs):
     """``SimulationRanges`` with fields overridden by ``NAME=LO,HI`` (or ``NAME=VALUE``) strings."""
     import dataclasses
 
-    from restore3d.refiner.data import SimulationRanges
+    from restore3d.refiner.training.data import SimulationRanges
     names = {f.name for f in dataclasses.fields(SimulationRanges)} - {"psf", "shape"}
     kw = {}
     for spec in specs or []:

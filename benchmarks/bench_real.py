@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 
 from restore3d import Pipeline, Refiner, assess, io, metrics, simulate
-from restore3d.refiner.data import default_prefix
+from restore3d.presets import classical_stages
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -80,7 +80,7 @@ def load_real(rel, spacing):
 def run_stack(name, vol, spacing, refiner, rows, crop=False):
     if crop:
         vol = vol[:, : min(vol.shape[1], 256), : min(vol.shape[2], 256)]
-    pipe = Pipeline(default_prefix().steps + [("refiner", refiner)])
+    pipe = Pipeline(classical_stages().steps + [("refiner", refiner)])
     t0 = time.perf_counter()
     res = pipe.run(vol, spacing=spacing, keep=("background", "rl"))
     total = time.perf_counter() - t0

@@ -25,9 +25,10 @@ from _common import add_range_option, machine, simulation_ranges, table
 from restore3d import metrics
 from restore3d.pipeline import Pipeline
 from restore3d.refiner import Refiner
-from restore3d.refiner.data import default_prefix, make_pairs
+from restore3d.presets import classical_stages
+from restore3d.refiner.training.data import make_pairs
 from restore3d.refiner.normalize import Normalizer
-from restore3d.refiner.train import TrainConfig, train
+from restore3d.refiner.training.train import TrainConfig, train
 from restore3d.simulate import simulate_beads
 
 #: Optical settings outside or at unseen points of the training ranges
@@ -118,7 +119,7 @@ def cmd_ablation(args):
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sims = eval_volumes()
-    classical = default_prefix()
+    classical = classical_stages()
     ranges = simulation_ranges(args.range)
     hybrid_pool = make_pairs(args.pool, ranges, classical, Normalizer(), seed=0, progress=True,
                              input_transform="target_blur")
@@ -176,7 +177,7 @@ def cmd_ablation(args):
 def cmd_acceptance(args):
     sims = eval_volumes()
     torch.set_num_threads(args.threads)
-    classical = default_prefix()
+    classical = classical_stages()
     refiner = Refiner.load(args.weights) if args.weights else Refiner.pretrained()
     fp32 = Refiner(refiner.weights, precision="fp32")
     rows = []
@@ -200,7 +201,7 @@ def cmd_acceptance(args):
         rows.append({"setting": name, "stages": "hybrid (+ refiner)", "seconds": t_cls + t_ref,
                      "refiner seconds": t_ref, "refiner s fp32": t_fp32, **{k: m[k] for k in KEYS},
                      "NRMSE drop": 1 - m["nrmse"] / m_cls["nrmse"]})
-    print(f"machine: {machine()}; weights {refiner._path()}; precision {refiner.precision}"
+    print(f"machine: {machine()}; weights {refiner.checkpoint_path}; precision {refiner.precision}"
           + ("; the true PSF given (no PSF estimation)" if args.true_psf else "")
           + (f"; a measured PSF given (simulated, peak {args.measured_psf:g} photons)" if args.measured_psf else "")
           + "\n")
@@ -221,7 +222,7 @@ def cmd_adapt(args):
     sp = (0.1, 0.1, 0.1)
     user = simulate_beads((32, 256, 256), sp, psf=p, density=0.01, flux=20000.0, seed=21)
     tests = [simulate_beads((32, 256, 256), sp, psf=p, density=0.01, flux=20000.0, seed=30 + i) for i in range(2)]
-    classical = default_prefix()
+    classical = classical_stages()
     shipped = Refiner.pretrained()
     t0 = time.perf_counter()
     adapted = shipped.adapt(user.raw, sp, minutes=args.minutes, out=Path(args.work) / "adapted", progress=True)

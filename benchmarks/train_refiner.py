@@ -21,7 +21,7 @@ import torch
 
 from _common import add_range_option, simulation_ranges
 from restore3d.refiner.model import UNetConfig
-from restore3d.refiner.train import TrainConfig, train
+from restore3d.refiner.training.train import TrainConfig, train
 
 
 def main():

@@ -9,23 +9,13 @@ spacings are (dz, dy, dx) in micrometres.
 from . import background, cleanup, deconvolution, detect, fitting, io, metrics, psf, psf_estimation, simulate
 from ._version import __version__
 from .pipeline import Pipeline, Result, RunContext, Stage
+from .presets import classical_stages, default_pipeline
 from .refiner import Refiner
 from .stages import (BlindDeconvolution, EstimatePSF, FitBeads, RemoveSpecks, RichardsonLucy,
                      SubtractBackground)
 
 __all__ = ["Pipeline", "Result", "RunContext", "Stage", "SubtractBackground", "EstimatePSF",
            "RichardsonLucy", "BlindDeconvolution", "FitBeads", "RemoveSpecks", "Refiner", "default_pipeline",
+           "classical_stages",
            "background", "cleanup", "deconvolution", "detect", "fitting", "io", "metrics", "psf", "psf_estimation",
            "simulate", "__version__"]
-
-
-def default_pipeline(*, refiner: bool = True) -> Pipeline:
-    """The recommended pipeline: wavelet background, PSF from the beads, 10 accelerated
-    RL iterations (measured best for dim beads) and the shipped refiner.
-
-    With ``refiner=False`` the last stage is ``"passthrough"``.
-    """
-    from .refiner.data import default_prefix
-    steps = list(default_prefix().steps)
-    steps.append(("refiner", Refiner.pretrained() if refiner else "passthrough"))
-    return Pipeline(steps)

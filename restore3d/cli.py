@@ -273,8 +273,8 @@ def cmd_psf(args):
 
 # ----------------------------------------------------------------------------- train
 def cmd_train(args):
-    from .refiner.data import SimulationRanges
-    from .refiner.train import TrainConfig, train
+    from .refiner.training.data import SimulationRanges
+    from .refiner.training.train import TrainConfig, train
     from .pipeline import Pipeline
     out = Path(args.output)
     command = "restore3d " + " ".join(sys.argv[1:]) if sys.argv else None

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from restore3d.refiner import UNetConfig, build_model  # noqa: E402
 from restore3d.refiner.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from restore3d.refiner.inference import predict  # noqa: E402
-from restore3d.refiner.losses import combined_loss, imbalanced_loss, l1_loss, make_loss, mse_loss  # noqa: E402
+from restore3d.refiner.training.losses import combined_loss, imbalanced_loss, l1_loss, make_loss, mse_loss  # noqa: E402
 from restore3d.refiner.normalize import Normalizer  # noqa: E402
 from restore3d.refiner.tiling import blend_weight, tile_starts, tiles  # noqa: E402
 
@@ -179,7 +179,7 @@ def test_checkpoint_round_trip_bit_identical(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_pairs():
     from restore3d.pipeline import Pipeline
-    from restore3d.refiner.data import SimulationRanges, make_pairs
+    from restore3d.refiner.training.data import SimulationRanges, make_pairs
     ranges = SimulationRanges(shape=(16, 48, 48), density=(0.03, 0.05), flux=(20000, 40000))
     return make_pairs(4, ranges, Pipeline([]), Normalizer(offset="median"), seed=0)
 
@@ -188,7 +188,7 @@ def test_given_psf_probability_gives_the_stages_the_simulated_psf():
     """Probability 1: the preceding stages run with the simulation's PSF; a draw that misses changes nothing."""
     from restore3d.pipeline import Pipeline
     from restore3d.psf import crop_psf
-    from restore3d.refiner.data import SimulationRanges, make_pair
+    from restore3d.refiner.training.data import SimulationRanges, make_pair
     from restore3d.simulate import simulate_beads
     from restore3d.stages import EstimatePSF, RichardsonLucy, SubtractBackground
     prefix = Pipeline([SubtractBackground(), EstimatePSF(), RichardsonLucy(iterations=3)])
@@ -217,8 +217,8 @@ def test_given_psf_probability_gives_the_stages_the_simulated_psf():
 def test_training_reduces_loss_and_output_not_constant(tmp_path, tiny_pairs):
     """A few steps on a tiny model lower the validation loss and do not collapse to a constant output."""
     from restore3d.pipeline import Pipeline
-    from restore3d.refiner.data import SimulationRanges
-    from restore3d.refiner.train import TrainConfig, train
+    from restore3d.refiner.training.data import SimulationRanges
+    from restore3d.refiner.training.train import TrainConfig, train
     cfg = TrainConfig(steps=30, batch=2, patch=(16, 32, 32), warmup=5, epoch_steps=10, validation=2,
                       patience=100, lr=3e-3, seed=0)
     res = train(tmp_path / "tiny", config=cfg, model_config=UNetConfig(base_channels=4), prefix=Pipeline([]),
@@ -235,8 +235,8 @@ def test_training_reduces_loss_and_output_not_constant(tmp_path, tiny_pairs):
 def test_training_is_deterministic_and_resumes(tmp_path, tiny_pairs):
     """The same seed gives the same weights; stopping and resuming gives the same result as one run."""
     from restore3d.pipeline import Pipeline
-    from restore3d.refiner.train import TrainConfig, train
-    from restore3d.refiner.data import SimulationRanges
+    from restore3d.refiner.training.train import TrainConfig, train
+    from restore3d.refiner.training.data import SimulationRanges
     kw = dict(model_config=UNetConfig(base_channels=4), prefix=Pipeline([]), normalizer=Normalizer(offset="median"),
               pairs=tiny_pairs, ranges=SimulationRanges(shape=(16, 48, 48)), progress=False)
     # warm-up longer than the run: the learning rate does not depend on the total steps,
@@ -265,7 +265,7 @@ def test_training_is_deterministic_and_resumes(tmp_path, tiny_pairs):
 
 def test_measure_microscope_reads_light_and_beads():
     """Offset, glow, bead density and brightness measured on a raw volume are close to the simulated ones."""
-    from restore3d.refiner.adapt import measure_microscope
+    from restore3d.refiner.training.adapt import measure_microscope
     from restore3d.simulate import AmbientLight, simulate_beads
     sim = simulate_beads((32, 128, 128), SP, flux=8000, density=0.02, ambient=AmbientLight(offset=100, level=30),
                          read_noise=2, seed=2)
@@ -282,8 +282,8 @@ def test_adapt_fine_tunes_a_checkpoint(tmp_path, tiny_pairs):
     """adapt() simulates with the measured microscope and writes a new checkpoint that records its origin."""
     from restore3d.pipeline import Pipeline
     from restore3d.refiner import Refiner
-    from restore3d.refiner.data import SimulationRanges
-    from restore3d.refiner.train import TrainConfig, train
+    from restore3d.refiner.training.data import SimulationRanges
+    from restore3d.refiner.training.train import TrainConfig, train
     from restore3d.simulate import simulate_beads
     cfg = TrainConfig(steps=4, batch=2, patch=(16, 32, 32), warmup=2, epoch_steps=4, validation=1, patience=100)
     base = train(tmp_path / "base", config=cfg, model_config=UNetConfig(base_channels=4), prefix=Pipeline([]),

@@ -10,7 +10,7 @@ from scipy import ndimage
 from .normalize import Normalizer
 from .tiling import blend_weight, pad_to_multiple, tiles
 
-__all__ = ["predict", "resample_spacing"]
+__all__ = ["predict", "refine", "resample_spacing", "working_grid_of"]
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +110,62 @@ def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: 
         total = gain * float(vol.sum())
         out = back * (total / max(float(back.sum()), 1e-30)) if total > 0 else back
     return np.clip(out, 0, None).astype(np.float32)
+
+
+def working_grid_of(meta: dict, shape, spacing, psf):
+    """The working grid (:mod:`restore3d.refiner.grid`) of a refiner that has one, for this volume; else None."""
+    if not meta.get("grid"):
+        return None
+    from ..target import lateral_fwhm
+    from .grid import working_grid
+    if psf is None:
+        raise ValueError("this refiner works on a grid sized by the PSF: run it after EstimatePSF "
+                         "(or pass psf= to the run)")
+    return working_grid(shape, spacing, lateral_fwhm(psf, spacing), **meta["grid"])
+
+
+def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, psf=None, device=None,
+           tile_shape=(0, 128, 128), max_voxels: int = 8_000_000, intensity=None, precision: str = "auto",
+           progress: bool = False) -> np.ndarray:
+    """Apply a refiner network to the output of its preceding stages.
+
+    The input transform of the checkpoint (``meta["input_transform"]``), the
+    working grid (``meta["grid"]``: the volume resampled to voxels of half
+    the target FWHM and the network's object brought back, light kept),
+    the tiled, normalised network pass (:func:`predict`) and the output
+    transform (``meta["output_transform"]``: the target's isotropic
+    Gaussian rendered on the volume's grid).
+
+    Parameters
+    ----------
+    volume : (Z, Y, X) ndarray
+        What the preceding stages (``meta["prefix"]``) produced.
+    spacing : (dz, dy, dx) floats, micrometres
+    model, meta
+        The network and the checkpoint description
+        (:func:`restore3d.refiner.checkpoint.load_checkpoint`).
+    psf : ndarray, optional
+        The PSF those stages used (required by refiners with a grid or
+        transforms: it sets the target's FWHM).
+    device, tile_shape, max_voxels, precision, progress
+        As in :func:`predict`.
+    intensity : (offset, scale), optional
+        Fixed normalisation (chunks of a large volume).
+
+    Returns
+    -------
+    (Z, Y, X) float32 ndarray, non-negative.
+    """
+    from .checkpoint import normalizer_of
+    from .transforms import apply_input_transform, apply_output_transform
+    volume = apply_input_transform(np.asarray(volume, np.float32), spacing, meta.get("input_transform"), psf)
+    grid = working_grid_of(meta, volume.shape, spacing, psf)
+    if grid is not None:
+        volume = grid.to_work(volume)
+    out = predict(model, volume, spacing if grid is None else grid.spacing, normalizer=normalizer_of(meta),
+                  spacing_range=meta.get("spacing_range"), device=device, tile_shape=tile_shape,
+                  max_voxels=max_voxels, progress=progress,
+                  stats=None if intensity is None else tuple(intensity), precision=precision)
+    if grid is not None:
+        out = grid.object_to_source(out)
+    return apply_output_transform(out, spacing, meta.get("output_transform"), psf)

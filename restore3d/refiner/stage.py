@@ -25,7 +25,7 @@ class Refiner(Stage):
     weights : "pretrained" or path
         The shipped weights (trained by ``benchmarks/train_refiner.py``, see
         benchmarks/RESULTS.md) or a checkpoint written by
-        :func:`restore3d.refiner.train` (its ``.json`` or ``.pt``).
+        :func:`restore3d.refiner.training.train.train` (its ``.json`` or ``.pt``).
     device : str, optional
         ``"cpu"`` or ``"cuda"``; default the run's device.
     tile_shape : (Z, Y, X) ints
@@ -82,15 +82,18 @@ class Refiner(Stage):
         return cls(str(path), **kwargs)
 
     # ------------------------------------------------------------------ model
-    def _path(self) -> Path:
+    @property
+    def checkpoint_path(self) -> Path:
+        """The checkpoint this stage uses (the shipped one for ``"pretrained"``)."""
         return PRETRAINED if self.weights == "pretrained" else Path(self.weights)
 
-    def _loaded(self):
-        key = (str(self._path()),)
+    def network(self):
+        """``(model, meta)``: the network and its checkpoint description, loaded once (SHA-256 checked)."""
+        key = (str(self.checkpoint_path),)
         cache = getattr(self, "_cache", None)
         if cache is None or cache[0] != key:
             from .checkpoint import load_checkpoint
-            path = self._path()
+            path = self.checkpoint_path
             if self.weights == "pretrained" and not path.exists():
                 raise ValueError(f"the shipped refiner weights are missing from the package ({path}); "
                                  "reinstall restore3d or pass Refiner.load(PATH)")
@@ -101,20 +104,20 @@ class Refiner(Stage):
     @property
     def meta(self) -> dict:
         """The checkpoint's JSON description."""
-        return self._loaded()[1]
+        return self.network()[1]
 
     def halo(self, spacing, psf) -> tuple[int, int, int]:
-        model, meta = self._loaded()
+        from .inference import working_grid_of
         from .transforms import extra_halo
+        model, meta = self.network()
         halo = np.asarray(model.config.receptive_halo(), float)
-        grid = self._grid(meta, (64, 64, 64), spacing, psf) if psf is not None else None
+        grid = working_grid_of(meta, (64, 64, 64), spacing, psf) if psf is not None else None
         if grid is not None:  # the network's context is counted in working voxels
             halo = halo * np.asarray(grid.spacing) / np.asarray(spacing) + 1
         return tuple(int(np.ceil(h)) for h in halo + extra_halo(meta, spacing, psf))
 
     def alignment(self, spacing) -> tuple[int, int, int]:
-        model, _ = self._loaded()
-        return model.config.multiple
+        return self.network()[0].config.multiple
 
     # ------------------------------------------------------------------ running
     def restore(self, volume: np.ndarray, spacing, *, psf=None, device=None, progress: bool = False) -> np.ndarray:
@@ -124,50 +127,27 @@ class Refiner(Stage):
         target's isotropic kernel, ``meta["output_transform"]``, or their
         input at the target resolution, ``meta["input_transform"]``).
         """
-        from .checkpoint import normalizer_of
-        from .inference import predict
-        from .transforms import apply_input_transform, apply_output_transform
-        model, meta = self._loaded()
-        spacing = as_spacing(spacing)
-        volume = apply_input_transform(as_volume(volume), spacing, meta.get("input_transform"), psf)
-        grid = self._grid(meta, volume.shape, spacing, psf)
-        if grid is not None:
-            volume = grid.to_work(volume)
-        out = predict(model, volume, spacing if grid is None else grid.spacing, normalizer=normalizer_of(meta),
-                      spacing_range=meta.get("spacing_range"), device=device or self.device,
-                      tile_shape=self.tile_shape, max_voxels=self.max_voxels, progress=progress,
-                      stats=None if self.intensity is None else tuple(self.intensity),
-                      precision=self.precision)
-        if grid is not None:
-            out = grid.object_to_source(out)
-        return apply_output_transform(out, spacing, meta.get("output_transform"), psf)
-
-    @staticmethod
-    def _grid(meta, shape, spacing, psf):
-        """The working grid of a refiner that has one (``meta["grid"]``), for this volume; else None."""
-        if not meta.get("grid"):
-            return None
-        from ..target import lateral_fwhm
-        from .grid import working_grid
-        if psf is None:
-            raise ValueError("this refiner works on a grid sized by the PSF: run it after EstimatePSF "
-                             "(or pass psf= to the run)")
-        return working_grid(shape, spacing, lateral_fwhm(psf, spacing), **meta["grid"])
+        from .inference import refine
+        model, meta = self.network()
+        return refine(as_volume(volume), as_spacing(spacing), model=model, meta=meta, psf=psf,
+                      device=device or self.device, tile_shape=self.tile_shape, max_voxels=self.max_voxels,
+                      intensity=self.intensity, precision=self.precision, progress=progress)
 
     def freeze(self, sample, ctx):
         """Measure the intensity normalisation once on the sample, for all chunks."""
         from .checkpoint import normalizer_of
+        from .inference import working_grid_of
         from .transforms import apply_input_transform
-        _, meta = self._loaded()
+        _, meta = self.network()
         sample = apply_input_transform(sample, ctx.spacing, meta.get("input_transform"), ctx.psf)
-        grid = self._grid(meta, sample.shape, ctx.spacing, ctx.psf)
+        grid = working_grid_of(meta, sample.shape, ctx.spacing, ctx.psf)
         stats = normalizer_of(meta).stats(sample if grid is None else grid.to_work(sample))
         return Refiner(self.weights, device=self.device, tile_shape=self.tile_shape,
                        max_voxels=self.max_voxels, intensity=[float(stats[0]), float(stats[1])],
                        precision=self.precision, check=False)
 
     def __call__(self, volume, ctx: RunContext):
-        _, meta = self._loaded()
+        _, meta = self.network()
         expected = [s["stage"] for s in meta.get("prefix", {}).get("steps", []) if s["stage"] != "passthrough"]
         ran = list(ctx.history)
         if ctx.psf_given:  # a PSF given by the user stands in for EstimatePSF
@@ -179,7 +159,7 @@ class Refiner(Stage):
         t0 = time.perf_counter()
         out = self.restore(volume, ctx.spacing, psf=ctx.psf, device=self.device or ctx.device,
                            progress=ctx.progress)
-        report = {"weights": str(self._path()), "sha256": meta.get("sha256"),
+        report = {"weights": str(self.checkpoint_path), "sha256": meta.get("sha256"),
                   "seconds": time.perf_counter() - t0}
         if self.check and ctx.background_free is not None and ctx.psf is not None:
             from ..selfcheck import check_restoration
@@ -225,7 +205,7 @@ class Refiner(Stage):
             The PSF, when known, instead of estimating it.
         consistency : float
             Weight of the self-supervised loss on the user's own volume
-            (:class:`~restore3d.refiner.consistency.ConsistencyLoss`: the
+            (:class:`~restore3d.refiner.training.consistency.ConsistencyLoss`: the
             refined beads convolved with the PSF must match the data
             convolved with the target's kernel); 0 trains on the tuned
             simulations alone.
@@ -235,7 +215,7 @@ class Refiner(Stage):
         Refiner
             A new stage using the adapted weights.
         """
-        from .adapt import adapt_refiner
+        from .training.adapt import adapt_refiner
         path = adapt_refiner(self, as_volume(volume), as_spacing(spacing), minutes=minutes, steps=steps,
                              pool=pool, out=out, seed=seed, psf=psf, device=device, progress=progress,
                              consistency=consistency)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..target import target_blur, target_sigma, lateral_fwhm
+from ...target import target_blur, target_sigma, lateral_fwhm
 
 __all__ = ["ConsistencyLoss"]
 
@@ -79,7 +79,7 @@ class ConsistencyLoss:
         data reaches 1 % of the patch's maximum count ``weight`` times.
         """
         import torch
-        from .transforms import render_torch
+        from ..transforms import render_torch
         corner = [int(rng.integers(0, n - p + 1)) for n, p in zip(self.input.shape, self.patch)]
         sl = tuple(slice(c, c + p) for c, p in zip(corner, self.patch))
         x = torch.from_numpy(np.ascontiguousarray(self.input[sl]))[None, None].to(device)

@@ -15,24 +15,18 @@ import logging
 
 import numpy as np
 
-from ..detect import typical_peak
-from ..pipeline import Pipeline
-from ..psf import centre_psf, crop_psf, make_psf
-from ..simulate import AmbientLight, Detector, simulate_beads
-from ..target import lateral_fwhm, render_target, target_sigma
-from .normalize import Normalizer
-from .grid import working_grid
-from .transforms import apply_input_transform
+from ...detect import typical_peak
+from ...pipeline import Pipeline
+from ...psf import centre_psf, crop_psf, make_psf
+from ...simulate import AmbientLight, Detector, simulate_beads
+from ...target import lateral_fwhm, render_target, target_sigma
+from ..normalize import Normalizer
+from ..grid import working_grid
+from ..transforms import apply_input_transform
 
-__all__ = ["SimulationRanges", "Pair", "make_pair", "make_pairs", "default_prefix", "random_patch", "IMMERSION"]
+__all__ = ["SimulationRanges", "Pair", "make_pair", "make_pairs", "random_patch", "IMMERSION"]
 
 log = logging.getLogger(__name__)
-
-
-def default_prefix() -> Pipeline:
-    """The classical stages the shipped refiner follows (background, PSF estimation, 10 RL iterations)."""
-    from ..stages import EstimatePSF, RichardsonLucy, SubtractBackground
-    return Pipeline([SubtractBackground(), EstimatePSF(), RichardsonLucy(iterations=10)])
 
 
 #: Immersion media the simulations draw from: refractive index and the NA range of such objectives.
@@ -184,7 +178,7 @@ class SimulationRanges:
             psf = np.asarray(self.psf, np.float32)
             dxy = u(self.dxy)
             spacing = (u(self.dz), dxy, dxy)
-            from ..target import lateral_fwhm as _lat
+            from ...target import lateral_fwhm as _lat
             lateral = _lat(psf, spacing)
         else:
             spec, spacing, lateral = self._optics(rng, u, lu)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..background import estimate_background, estimate_noise
-from ..detect import detect_beads
-from ..pipeline import Pipeline
-from ..psf_estimation import estimate_psf
+from ...background import estimate_background, estimate_noise
+from ...detect import detect_beads
+from ...pipeline import Pipeline
+from ...psf_estimation import estimate_psf
 from .data import SimulationRanges
 
 __all__ = ["measure_microscope", "adapt_refiner"]
@@ -66,10 +66,10 @@ def adapt_refiner(refiner, volume, spacing, *, minutes, steps, pool, out, seed, 
     user's own volume (times ``consistency``), so the fine-tuned refiner
     explains these very data, not only simulations tuned to them.
     """
-    from .checkpoint import normalizer_of
+    from ..checkpoint import normalizer_of
     from .consistency import ConsistencyLoss
     from .train import TrainConfig, train
-    model, meta = refiner._loaded()
+    model, meta = refiner.network()
     prefix = Pipeline.from_dict(meta["prefix"])
     bg_steps = [n for n, s in prefix.steps if type(s).__name__ == "SubtractBackground"]
     res = prefix.run(volume, spacing=spacing, psf=psf, keep=bg_steps[:1])
@@ -105,7 +105,7 @@ def adapt_refiner(refiner, volume, spacing, *, minutes, steps, pool, out, seed, 
         extra = ConsistencyLoss(np.asarray(res), res.intermediates[bg_steps[0]], res.psf, spacing,
                                 normalizer_of(meta), multiple=model.config.multiple)
     result = train(out, config=cfg, normalizer=normalizer_of(meta), ranges=ranges, prefix=prefix,
-                   init=refiner._path(), device=device, progress=progress, extra_loss=extra,
+                   init=refiner.checkpoint_path, device=device, progress=progress, extra_loss=extra,
                    extra_weight=consistency,
                    command=f"Refiner.adapt(minutes={minutes}, steps={steps}, pool={pool}, seed={seed}, "
                            f"consistency={consistency})")

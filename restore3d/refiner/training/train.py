@@ -9,15 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import metrics
-from ..pipeline import Pipeline
-from .checkpoint import load_checkpoint, save_checkpoint, write_meta
-from .data import Pair, SimulationRanges, default_prefix, make_pairs, random_patch
+from ... import metrics
+from ...pipeline import Pipeline
+from ..checkpoint import load_checkpoint, save_checkpoint, write_meta
+from ...presets import classical_stages
+from .data import Pair, SimulationRanges, make_pairs, random_patch
 from .losses import make_loss
-from .model import UNetConfig, build_model
-from .normalize import Normalizer
-from .precision import autocast, resolve_precision
-from .transforms import render_torch
+from ..model import UNetConfig, build_model
+from ..normalize import Normalizer
+from ..precision import autocast, resolve_precision
+from ..transforms import render_torch
 
 __all__ = ["TrainConfig", "train", "TrainResult", "DEFAULT_GRID"]
 
@@ -159,7 +160,7 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     ranges : SimulationRanges
     prefix : Pipeline, optional
         The stages before the refiner (default
-        :func:`restore3d.refiner.data.default_prefix`); an empty
+        :func:`restore3d.presets.classical_stages`); an empty
         ``Pipeline([])`` trains on raw volumes (the original approach).
     init : path, optional
         Checkpoint to start from (fine-tuning).
@@ -204,11 +205,11 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    prefix = default_prefix() if prefix is None else prefix
+    prefix = classical_stages() if prefix is None else prefix
     if normalizer is None:
         normalizer = Normalizer(offset="zero" if len(prefix) else "median")
     if init is not None:
-        from .checkpoint import read_meta
+        from ..checkpoint import read_meta
         init_meta = read_meta(init)
         input_transform = init_meta.get("input_transform")
         output_transform = init_meta.get("output_transform")
