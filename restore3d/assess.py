@@ -139,8 +139,9 @@ def beads_above(volume, spacing, *, fraction: float = 0.1, neighbourhood_um=None
 
 def ideal_volume(beads, shape, spacing, fwhm_um: float) -> np.ndarray:
     """Ideal round beads: isotropic Gaussians of ``fwhm_um`` at the beads' positions, unit flux each."""
-    from .simulate import BEAD_DTYPE, render_target
-    truth = np.zeros(len(beads), BEAD_DTYPE)
+    from .beads import new_table
+    from .target import render_target
+    truth = new_table(len(beads))
     for a in "zyx":
         truth[a] = beads[a]
     truth["flux"] = 1.0

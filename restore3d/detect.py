@@ -15,20 +15,17 @@ from scipy import ndimage
 
 from ._checks import as_spacing, as_volume
 from ._profiles import profile_fwhm, profile_peak
+from .beads import BEAD_DTYPE, new_table
 
 __all__ = ["detect_beads", "measure_beads", "positions_of", "DETECTION_DTYPE", "robust_sigma",
            "noise_threshold", "typical_peak", "typical_height", "local_maxima"]
 
 log = logging.getLogger(__name__)
 
-#: Columns of a detection table: sub-voxel position (voxels and um), summed
-#: intensity above the local background, peak height above it, local
+#: Detection tables are bead tables (:data:`restore3d.beads.BEAD_DTYPE`): sub-voxel
+#: position, intensity above the local background, peak height above it, local
 #: background, detection score (smoothed peak height) and FWHM per axis (um).
-DETECTION_DTYPE = np.dtype([("z", "f8"), ("y", "f8"), ("x", "f8"),
-                            ("z_um", "f8"), ("y_um", "f8"), ("x_um", "f8"),
-                            ("intensity", "f8"), ("peak", "f8"), ("background", "f8"),
-                            ("score", "f8"),
-                            ("fwhm_z", "f8"), ("fwhm_y", "f8"), ("fwhm_x", "f8")])
+DETECTION_DTYPE = BEAD_DTYPE
 
 
 def positions_of(table_or_array) -> np.ndarray:
@@ -95,7 +92,7 @@ def measure_beads(volume: np.ndarray, spacing: Sequence[float], positions, *,
     spacing = as_spacing(spacing)
     pos = positions_of(positions)
     half = np.maximum(1, np.round(np.asarray(window_um) / np.asarray(spacing)).astype(int))
-    table = np.zeros(len(pos), DETECTION_DTYPE)
+    table = new_table(len(pos))
     shape = vol.shape
     for i, p in enumerate(pos):
         c = np.clip(np.round(p).astype(int), 0, np.asarray(shape) - 1)
@@ -252,7 +249,7 @@ def detect_beads(volume: np.ndarray, spacing: Sequence[float], *, threshold: flo
     else:
         # sub-voxel peaks on the unsmoothed volume: smoothing an undersampled
         # peak biases the log-parabola, the raw samples do not
-        table = np.zeros(len(coords), DETECTION_DTYPE)
+        table = new_table(len(coords))
         for a, ax in enumerate("zyx"):
             sub = []
             for c in coords:
@@ -261,8 +258,6 @@ def detect_beads(volume: np.ndarray, spacing: Sequence[float], *, threshold: flo
                 sub.append(p)
             table[ax] = sub if len(coords) else []
             table[ax + "_um"] = table[ax] * spacing[a]
-        for f in ("fwhm_z", "fwhm_y", "fwhm_x", "intensity", "peak", "background"):
-            table[f] = np.nan
     table["score"] = scores
     log.debug("detected %d beads above %.3g", len(table), threshold)
     return table

@@ -2,7 +2,7 @@
 
 :func:`fit_beads` finds each bead's sub-voxel position, flux and local
 background by maximum-likelihood fitting of the PSF under Poisson (+ read)
-noise, with overlapping beads fitted jointly; :func:`render_beads` draws the
+noise, with overlapping beads fitted jointly; :func:`restore3d.target.render_target` draws the
 table as the DESIGN target (isotropic Gaussians of the PSF's lateral FWHM,
 flux kept, black background).
 
@@ -23,24 +23,19 @@ from scipy.spatial import cKDTree
 from ._checks import as_psf, as_spacing, as_volume
 from .detect import detect_beads, positions_of
 from .psf import fwhm
-from .simulate import render_target
+from .beads import BEAD_DTYPE, new_table
 
-__all__ = ["fit_beads", "render_beads", "FIT_DTYPE", "crlb"]
+__all__ = ["fit_beads", "FIT_DTYPE", "crlb"]
 
 log = logging.getLogger(__name__)
 
-#: Columns of the fitted bead table. Positions in voxels and micrometres,
-#: ``flux`` in the volume's units summed over the PSF, ``background`` per
-#: voxel, ``sigma_*`` the Cramer-Rao bounds (micrometres / flux units),
-#: ``deviance`` the Poisson deviance per degree of freedom of the bead's
-#: window (about 1 for a good fit), flags for beads at the volume's edge,
-#: saturated ones and unresolved neighbours, and the joint-fit group.
-FIT_DTYPE = np.dtype([("z", "f8"), ("y", "f8"), ("x", "f8"),
-                      ("z_um", "f8"), ("y_um", "f8"), ("x_um", "f8"),
-                      ("flux", "f8"), ("background", "f8"),
-                      ("sigma_z_um", "f8"), ("sigma_y_um", "f8"), ("sigma_x_um", "f8"),
-                      ("sigma_flux", "f8"), ("score", "f8"), ("deviance", "f8"),
-                      ("edge", "?"), ("saturated", "?"), ("merged", "?"), ("group", "i8")])
+#: A fit is a bead table (:data:`restore3d.beads.BEAD_DTYPE`): positions in voxels and
+#: micrometres, ``flux`` in the volume's units summed over the PSF, ``background`` per
+#: voxel, ``sigma_*`` the Cramer-Rao bounds (micrometres / flux units), ``deviance``
+#: the Poisson deviance per degree of freedom of the bead's window (about 1 for a good
+#: fit), flags for beads at the volume's edge, saturated ones and unresolved
+#: neighbours, and the joint-fit group.
+FIT_DTYPE = BEAD_DTYPE
 
 _DELTA = 1e-2  # finite-difference step for PSF derivatives (voxels)
 
@@ -353,7 +348,7 @@ def fit_beads(volume: np.ndarray, psf: np.ndarray, spacing: Sequence[float], *, 
     else:
         pos = positions_of(candidates)
     if len(pos) == 0:
-        return np.zeros(0, FIT_DTYPE)
+        return new_table(0)
     model = _PSFModel(h)
     shape = np.asarray(vol.shape)
     flux0 = np.empty(len(pos))
@@ -407,13 +402,13 @@ def fit_beads(volume: np.ndarray, psf: np.ndarray, spacing: Sequence[float], *, 
             pos = np.vstack([pos] + [a[0][None] for a in additions])
             flux0 = np.concatenate([flux0, [max(a[1] * 8.0, 1e-3) for a in additions]])
         if len(pos) == 0:
-            return np.zeros(0, FIT_DTYPE)
+            return new_table(0)
     fitted_pos, fitted_f, fitted_b, sig, devs, gid, significance = rows
     keep = significance >= min_significance
     # beads in the same window closer than a PSF FWHM are not resolved: flag them
     res = fwhm(h, spacing)
     res = np.where(np.isfinite(res), res, np.asarray(spacing) * 2)
-    table = np.zeros(int(keep.sum()), FIT_DTYPE)
+    table = new_table(int(keep.sum()))
     p = fitted_pos[keep]
     for a, ax in enumerate("zyx"):
         table[ax] = p[:, a]
@@ -439,14 +434,3 @@ def fit_beads(volume: np.ndarray, psf: np.ndarray, spacing: Sequence[float], *, 
             table["merged"][i] = table["merged"][j] = True
     order = np.argsort(-table["score"], kind="stable")
     return table[order]
-
-
-def render_beads(table: np.ndarray, shape: Sequence[int], spacing: Sequence[float], *,
-                 fwhm_um: float, bead_diameter: float = 0.0) -> np.ndarray:
-    """The ideal volume: each bead an isotropic Gaussian of ``fwhm_um``, flux kept, black elsewhere.
-
-    Same rendering as the restoration target of the simulator
-    (:func:`restore3d.simulate.render_target`); ``table`` needs ``z, y, x``
-    (voxels) and ``flux``.
-    """
-    return render_target(table, shape, spacing, fwhm_um=fwhm_um, bead_diameter=bead_diameter)

@@ -18,6 +18,8 @@ from scipy import fft as sfft
 
 from ._checks import as_psf, as_rng, as_spacing
 from .psf import fwhm, make_psf
+from .beads import BEAD_DTYPE as _BEADS
+from .beads import new_table
 from .target import render_target
 
 __all__ = ["AmbientLight", "Detector", "Simulation", "simulate_beads", "render_target",
@@ -28,11 +30,9 @@ log = logging.getLogger(__name__)
 #: Optics of the default simulated microscope: water immersion, NA 1.1, green emission.
 DEFAULT_OPTICS = {"model": "widefield", "na": 1.1, "wavelength": 0.52, "n_immersion": 1.333}
 
-#: Columns of a bead table: position in voxels of the volume (z, y, x), in
-#: micrometres, flux (photons) and whether the bead lies inside the stack.
-BEAD_DTYPE = np.dtype([("z", "f8"), ("y", "f8"), ("x", "f8"),
-                       ("z_um", "f8"), ("y_um", "f8"), ("x_um", "f8"),
-                       ("flux", "f8"), ("inside", "?")])
+#: A simulation's truth is a bead table (:data:`restore3d.beads.BEAD_DTYPE`): position,
+#: flux (photons) and whether the bead lies inside the stack.
+BEAD_DTYPE = _BEADS
 
 _AMBIENT_SHAPES = ("gradient", "blobs", "drift")
 
@@ -407,7 +407,7 @@ def simulate_beads(shape: Sequence[int] = (32, 256, 256),
     fluxes = flux * np.exp(flux_spread * rng.standard_normal(len(positions)) - 0.5 * flux_spread ** 2) \
         if flux_spread > 0 else np.full(len(positions), float(flux))
 
-    truth = np.zeros(len(positions), BEAD_DTYPE)
+    truth = new_table(len(positions))
     for i, ax in enumerate("zyx"):
         truth[ax] = positions[:, i]
         truth[ax + "_um"] = positions[:, i] * spacing[i]

@@ -288,7 +288,7 @@ class FitBeads(Stage):
     """Fit every bead with the PSF and render the ideal volume (:mod:`restore3d.fitting`).
 
     The bead table goes to ``ctx.beads`` (and the :class:`Result`); the
-    returned volume is :func:`~restore3d.fitting.render_beads` of it: each
+    returned volume is :func:`~restore3d.target.render_target` of it: each
     bead an isotropic Gaussian of the PSF's lateral FWHM, flux kept, black
     background. The variance of an already subtracted background is the
     noise level :class:`SubtractBackground` measured in the run.
@@ -322,7 +322,8 @@ class FitBeads(Stage):
 
     def __call__(self, volume, ctx: RunContext):
         from .detect import detect_beads
-        from .fitting import fit_beads, render_beads
+        from .fitting import fit_beads
+        from .target import render_target
         if self.detect_on not in ("volume", "deconvolved"):
             raise ValueError(f"detect_on must be 'volume' or 'deconvolved', got {self.detect_on!r}")
         psf = _stage_psf(self, ctx, volume)
@@ -338,7 +339,7 @@ class FitBeads(Stage):
         size = self.fwhm_um if self.fwhm_um is not None else float(np.nanmean(w[1:]))
         ctx.beads = table
         ctx.report({"n_beads": int(len(table)), "fwhm_um": size})
-        return render_beads(table, volume.shape, ctx.spacing, fwhm_um=size)
+        return render_target(table, volume.shape, ctx.spacing, fwhm_um=size)
 
     def halo(self, spacing, psf):
         return _psf_halo(psf)

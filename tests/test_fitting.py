@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 
 import restore3d as r3
-from restore3d.fitting import crlb, fit_beads, render_beads
+from restore3d.beads import new_table
+from restore3d.fitting import crlb, fit_beads
+from restore3d.target import render_target
 from restore3d.psf import fwhm, gaussian_psf
-from restore3d.simulate import BEAD_DTYPE, AmbientLight, simulate_beads
+from restore3d.simulate import AmbientLight, simulate_beads
 
 SP = (0.3, 0.1, 0.1)
 PSF = gaussian_psf(SP, fwhm_lateral=0.3, fwhm_axial=0.9)
@@ -37,7 +39,7 @@ def test_single_bead_within_its_bound():
 
 def test_two_overlapping_beads_separated():
     """Two beads 0.25 um apart laterally (less than a FWHM of the raw blur in z) are fitted as two."""
-    truth = np.zeros(2, BEAD_DTYPE)
+    truth = new_table(2)
     truth["z"], truth["y"], truth["x"] = [8.2, 8.0], [20.0, 20.3], [18.4, 21.0]
     truth["flux"] = [8000.0, 6000.0]
     from restore3d.simulate import _image_beads
@@ -64,7 +66,7 @@ def test_render_keeps_flux_and_is_isotropic():
     """Rendering preserves each bead's flux and draws it with the same FWHM on every axis in um."""
     table = np.zeros(1, [("z", "f8"), ("y", "f8"), ("x", "f8"), ("flux", "f8")])
     table[0] = (10.3, 30.6, 29.2, 1234.0)
-    vol = render_beads(table, (24, 64, 64), SP, fwhm_um=0.25)
+    vol = render_target(table, (24, 64, 64), SP, fwhm_um=0.25)
     assert vol.sum() == pytest.approx(1234.0, rel=1e-5)
     np.testing.assert_allclose(fwhm(vol, SP), [0.25] * 3, rtol=1e-3)
 

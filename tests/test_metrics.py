@@ -3,13 +3,14 @@ import pytest
 
 from restore3d import metrics
 from restore3d.detect import detect_beads, measure_beads, robust_sigma
-from restore3d.simulate import BEAD_DTYPE, render_target
+from restore3d.beads import new_table
+from restore3d.target import render_target
 
 SP = (0.3, 0.1, 0.1)
 
 
 def _truth(positions, inside=None, flux=1000.0):
-    t = np.zeros(len(positions), BEAD_DTYPE)
+    t = new_table(len(positions))
     p = np.asarray(positions, float)
     for i, ax in enumerate("zyx"):
         t[ax] = p[:, i]

@@ -9,11 +9,17 @@ from .._files import atomic_write
 
 
 def write_table(path, table: np.ndarray) -> Path:
-    """Write a structured array (a bead table) as CSV with a header row, atomically."""
+    """Write a structured array (a bead table) as CSV with a header row, atomically.
+
+    Number columns that are NaN in every row (what the table's producer
+    does not measure) are left out.
+    """
     path = Path(path)
-    names = table.dtype.names
-    if not names:
+    if not table.dtype.names:
         raise ValueError("table must be a structured array with named columns")
+    names = [n for n in table.dtype.names
+             if not (table.dtype[n].kind == "f" and len(table) and np.isnan(table[n]).all())]
+    table = table[names]
     with atomic_write(path) as tmp:
         with open(tmp, "w") as fh:
             fh.write(",".join(names) + "\n")
