@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from ._checks import as_spacing, as_volume
+from ._stats import mad_sigma
 
 __all__ = ["estimate_background", "subtract_background", "estimate_noise",
            "wavelet_background", "rolling_ball_background", "percentile_background",
@@ -55,10 +56,10 @@ def estimate_noise(volume: np.ndarray) -> float:
     d = (vol[..., 1:n:2] - vol[..., 0:n:2]).ravel() / np.sqrt(2.0)
     if d.size > 2_000_000:
         d = d[:: d.size // 1_000_000]
-    dev = np.abs(d - np.median(d))
-    mad = float(np.median(dev)) / 0.6745
+    mad = mad_sigma(d)
     if mad > 0:
         return mad
+    dev = np.abs(d - np.median(d))
     kept = dev[dev <= np.percentile(dev, 99.5)]
     return float(np.sqrt(np.mean(kept.astype(np.float64) ** 2))) if kept.size else 0.0
 

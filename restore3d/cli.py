@@ -272,6 +272,25 @@ def cmd_psf(args):
 
 
 # ----------------------------------------------------------------------------- train
+def _train_config(args, config_type):
+    """The training recipe: :class:`TrainConfig`'s defaults, with what the command line gives."""
+    import dataclasses
+    base = config_type()
+    given = {k: getattr(args, k) for k in ("steps", "batch", "pool", "validation", "loss", "lr")
+             if getattr(args, k) is not None}
+    given["seed"] = args.seed
+    loss = given.get("loss", base.loss)
+    params = dict(base.loss_params) if loss in ("imbalanced", "combined") else {}
+    for k in ("weight", "tau", "dilate"):
+        if getattr(args, k) is not None:
+            if loss not in ("imbalanced", "combined"):
+                raise UserError(f"--{k} applies to the imbalanced and combined losses, not {loss!r}")
+            params[k] = getattr(args, k)
+    if args.minutes is not None:
+        given["time_limit"] = 60.0 * args.minutes
+    return dataclasses.replace(base, loss_params=params, **given)
+
+
 def cmd_train(args):
     from .refiner.training.data import SimulationRanges
     from .refiner.training.train import TrainConfig, train
@@ -290,11 +309,7 @@ def cmd_train(args):
         return 0
     if out.with_suffix(".json").exists() and not (args.overwrite or args.resume):
         raise UserError(f"{out.with_suffix('.json')} exists; pass --overwrite to replace it or --resume")
-    params = ({"weight": args.weight, "tau": args.tau, "dilate": args.dilate}
-              if args.loss in ("imbalanced", "combined") else {})
-    cfg = TrainConfig(steps=args.steps or 1500, batch=args.batch, pool=args.pool, loss=args.loss,
-                      loss_params=params, seed=args.seed, lr=args.lr, validation=args.validation,
-                      time_limit=None if args.minutes is None else 60.0 * args.minutes)
+    cfg = _train_config(args, TrainConfig)
     prefix = Pipeline([]) if args.raw else None
     res = train(out, config=cfg, prefix=prefix, ranges=SimulationRanges(), init=args.init, resume=args.resume,
                 device=args.device, threads=args.threads, progress=not args.quiet, command=command)
@@ -364,6 +379,7 @@ def _volume_opts(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
+    from .optics import DEFAULT_OPTICS
     parser = argparse.ArgumentParser(prog="restore3d", description=(
         "Restore 3D bead volumes: remove ambient light and axial stretching."))
     parser.add_argument("--version", action="version", version=f"restore3d {__version__}")
@@ -397,9 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-beads", type=int, default=None, help="beads inside the stack (default: from --density)")
     p.add_argument("--density", type=float, default=0.02, help="beads per cubic micrometre")
     p.add_argument("--flux", type=float, default=3000.0, help="median photons per bead")
-    p.add_argument("--na", type=float, default=1.1)
-    p.add_argument("--wavelength", type=float, default=0.52, help="emission wavelength in micrometres")
-    p.add_argument("--immersion", type=float, default=1.333, help="immersion refractive index")
+    p.add_argument("--na", type=float, default=DEFAULT_OPTICS["na"])
+    p.add_argument("--wavelength", type=float, default=DEFAULT_OPTICS["wavelength"],
+                   help="emission wavelength in micrometres")
+    p.add_argument("--immersion", type=float, default=DEFAULT_OPTICS["n_immersion"],
+                   help="immersion refractive index")
     p.add_argument("--ambient", type=float, default=20.0, help="mean ambient glow (photons per voxel)")
     p.add_argument("--offset", type=float, default=100.0, help="camera offset (counts)")
     p.add_argument("--read-noise", type=float, default=2.0)
@@ -416,8 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     _volume_opts(p)
     p.add_argument("--model", choices=("gaussian", "widefield"), default=None,
                    help="fit a model to the measured average")
-    p.add_argument("--wavelength", type=float, default=0.52)
-    p.add_argument("--immersion", type=float, default=1.333)
+    p.add_argument("--wavelength", type=float, default=DEFAULT_OPTICS["wavelength"])
+    p.add_argument("--immersion", type=float, default=DEFAULT_OPTICS["n_immersion"])
     p.add_argument("--figure", help="PSF figure (.png; default next to the output)")
     p.add_argument("--overwrite", action="store_true")
     _common(p)
@@ -425,17 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the refiner on simulated beads, or adapt it to a microscope")
     p.add_argument("output", help="checkpoint path stem (writes OUTPUT.pt and OUTPUT.json)")
+    # unset options take restore3d.refiner.training.train.TrainConfig's defaults (the shipped recipe)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--minutes", type=float, default=None, help="time budget (default 3 with --adapt-to)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--pool", type=int, default=160, help="simulated training volumes")
-    p.add_argument("--validation", type=int, default=6, help="fixed validation volumes")
-    p.add_argument("--loss", choices=("imbalanced", "l1", "mse", "combined"), default="imbalanced")
-    p.add_argument("--weight", type=float, default=100.0, help="imbalanced loss weight M (100: best in the ablation)")
-    p.add_argument("--tau", type=float, default=0.01,
-                   help="imbalanced loss threshold (fraction of max; 0.01: best in the ablation)")
-    p.add_argument("--dilate", type=int, default=0, help="imbalanced loss: grow the weighted bead voxels by N voxels")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--pool", type=int, default=None, help="simulated training volumes")
+    p.add_argument("--validation", type=int, default=None, help="fixed validation volumes")
+    p.add_argument("--loss", choices=("imbalanced", "l1", "mse", "combined"), default=None)
+    p.add_argument("--weight", type=float, default=None, help="imbalanced loss weight M")
+    p.add_argument("--tau", type=float, default=None, help="imbalanced loss threshold (fraction of the maximum)")
+    p.add_argument("--dilate", type=int, default=None, help="imbalanced loss: grow the weighted bead voxels by N voxels")
+    p.add_argument("--lr", type=float, default=None)
     p.add_argument("--raw", action="store_true", help="train on raw volumes (no classical stages)")
     p.add_argument("--init", default=None, help="checkpoint to start from")
     p.add_argument("--resume", action="store_true")

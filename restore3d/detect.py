@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from ._checks import as_spacing, as_volume
 from ._profiles import profile_fwhm, profile_peak
+from ._stats import half_normal_sigma, mad_sigma
 from .beads import BEAD_DTYPE, new_table
 
 __all__ = ["detect_beads", "measure_beads", "positions_of", "DETECTION_DTYPE", "robust_sigma",
@@ -58,9 +59,9 @@ def robust_sigma(values: np.ndarray) -> tuple[float, float]:
     floor = v <= lo + tiny
     if floor.mean() > 0.25:
         pos = v[~floor] - lo
-        return lo, (float(np.median(pos)) / 0.6745 if pos.size else 0.0)
+        return lo, half_normal_sigma(pos)
     med = float(np.median(v))
-    return med, float(1.4826 * np.median(np.abs(v - med)))
+    return med, mad_sigma(v, med)
 
 
 def _window_slices(centre, half, shape):
@@ -176,7 +177,7 @@ def noise_threshold(heights: np.ndarray, n_voxels: int, snr: float) -> float:
     med = float(np.median(h))
     if h.size <= n_voxels / 400 and med >= 0.05 * float(h.max()):
         return 0.0
-    spread = 1.4826 * float(np.median(np.abs(h - med)))
+    spread = mad_sigma(h, med)
     threshold = med + snr * spread
     q90, q99 = np.percentile(h, [90.0, 99.0])
     if h.size >= 1000 and q99 < 0.05 * float(h.max()):

@@ -14,6 +14,7 @@ from scipy import special
 
 from ._checks import as_psf, as_spacing
 from ._profiles import FWHM_PER_SIGMA, profile_fwhm
+from .optics import DEFAULT_IMMERSION, DEFAULT_NA, DEFAULT_WAVELENGTH
 
 __all__ = ["gaussian_psf", "widefield_psf", "confocal_psf", "lightsheet_psf", "make_psf", "fwhm",
            "centre_psf", "crop_psf", "widefield_fwhm", "prepare_psf", "given_psf", "MODELS", "MAX_PSF_HALF"]
@@ -109,8 +110,8 @@ def _check_optics(na, wavelength, n_immersion, n_sample, depth):
         raise ValueError(f"depth must be >= 0 micrometres below the coverslip, got {depth!r}")
 
 
-def widefield_psf(spacing: Sequence[float], *, na: float = 1.4, wavelength: float = 0.52,
-                  n_immersion: float = 1.518, n_sample: float | None = None,
+def widefield_psf(spacing: Sequence[float], *, na: float = DEFAULT_NA, wavelength: float = DEFAULT_WAVELENGTH,
+                  n_immersion: float = DEFAULT_IMMERSION, n_sample: float | None = None,
                   depth: float = 0.0, shape: Sequence[int] | None = None,
                   n_pupil: int | None = None) -> np.ndarray:
     """Scalar widefield PSF (Born-Wolf, with Gibson-Lanni depth aberration).
@@ -215,8 +216,9 @@ def widefield_psf(spacing: Sequence[float], *, na: float = 1.4, wavelength: floa
     return psf.astype(np.float32)
 
 
-def confocal_psf(spacing: Sequence[float], *, na: float = 1.4, wavelength: float = 0.6,
-                 excitation: float = 0.5, pinhole_au: float = 1.0, n_immersion: float = 1.518,
+def confocal_psf(spacing: Sequence[float], *, na: float = DEFAULT_NA, wavelength: float = DEFAULT_WAVELENGTH,
+                 excitation: float = DEFAULT_WAVELENGTH - 0.04, pinhole_au: float = 1.0,
+                 n_immersion: float = DEFAULT_IMMERSION,
                  n_sample: float | None = None, depth: float = 0.0,
                  shape: Sequence[int] | None = None) -> np.ndarray:
     """Point-scanning confocal PSF: excitation PSF times the pinhole-filtered detection PSF.
@@ -235,6 +237,9 @@ def confocal_psf(spacing: Sequence[float], *, na: float = 1.4, wavelength: float
         Emission (detection) wavelength in micrometres.
     excitation : float
         Excitation wavelength in micrometres.
+
+    Defaults are :mod:`restore3d.optics`' (NA 1.1 water, 520 nm emission,
+    480 nm excitation).
     pinhole_au : float
         Pinhole diameter in Airy units (0 = a point pinhole).
     shape : (Z, Y, X) odd ints, optional
@@ -264,8 +269,8 @@ def confocal_psf(spacing: Sequence[float], *, na: float = 1.4, wavelength: float
     return (psf / psf.sum()).astype(np.float32)
 
 
-def lightsheet_psf(spacing: Sequence[float], *, na: float = 1.0, wavelength: float = 0.52,
-                   sheet_fwhm: float = 1.0, n_immersion: float = 1.333, n_sample: float | None = None,
+def lightsheet_psf(spacing: Sequence[float], *, na: float = DEFAULT_NA, wavelength: float = DEFAULT_WAVELENGTH,
+                   sheet_fwhm: float = 1.0, n_immersion: float = DEFAULT_IMMERSION, n_sample: float | None = None,
                    depth: float = 0.0, shape: Sequence[int] | None = None) -> np.ndarray:
     """Light-sheet PSF: the widefield detection PSF times the sheet's Gaussian profile along z.
 
@@ -440,8 +445,10 @@ def prepare_psf(measured: np.ndarray, *, shape: Sequence[int] | None = None,
 def _smooth_far_field(arr: np.ndarray, sigma: float) -> np.ndarray:
     """Replace the faint region of a background-free stack by its normalised Gaussian average."""
     from scipy import ndimage
+
+    from ._stats import half_normal_sigma
     below = arr[arr <= 0]
-    noise = 1.4826 * float(np.median(-below)) if below.size else 0.0  # half-normal MAD
+    noise = half_normal_sigma(-below)
     faint = ndimage.gaussian_filter(arr, sigma, mode="nearest") <= noise
     if not faint.any():
         return arr

@@ -18,6 +18,7 @@ from scipy import ndimage, optimize
 
 from ._checks import as_spacing, as_volume
 from ._profiles import profile_peak
+from ._stats import mad_sigma
 from .detect import detect_beads
 from .psf import fwhm, gaussian_psf, widefield_psf
 
@@ -304,7 +305,7 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
         ok = np.isfinite(resid) & (fluxes > 0)  # a bead shifted onto nothing is dropped
         if ok.sum() >= 5:
             med = np.median(resid[ok])
-            mad = 1.4826 * np.median(np.abs(resid[ok] - med)) + 1e-30
+            mad = mad_sigma(resid[ok], med) + 1e-30
             ok &= resid <= med + 5 * mad
         if ok.any() and not ok.all():
             rejected["outlier"] += int((~ok).sum())

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from ._checks import as_psf, as_rng, as_spacing
+from .optics import DEFAULT_OPTICS
 from .psf import fwhm, make_psf
 from .beads import BEAD_DTYPE as _BEADS
 from .beads import new_table
@@ -27,8 +28,6 @@ __all__ = ["AmbientLight", "Detector", "Simulation", "simulate_beads", "render_t
 
 log = logging.getLogger(__name__)
 
-#: Optics of the default simulated microscope: water immersion, NA 1.1, green emission.
-DEFAULT_OPTICS = {"model": "widefield", "na": 1.1, "wavelength": 0.52, "n_immersion": 1.333}
 
 #: A simulation's truth is a bead table (:data:`restore3d.beads.BEAD_DTYPE`): position,
 #: flux (photons) and whether the bead lies inside the stack.

@@ -268,7 +268,7 @@ class BlindDeconvolution(Stage):
 
     def __call__(self, volume, ctx: RunContext):
         if self.psf is None and ctx.psf is None:
-            from .simulate import DEFAULT_OPTICS
+            from .optics import DEFAULT_OPTICS
             spec = dict(self.initial or DEFAULT_OPTICS)
             start = crop_psf(make_psf(ctx.spacing, model=spec.pop("model", "widefield"), **spec),
                              volume.shape)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Training recipe.
+    """Training recipe; the defaults are the recipe of the shipped weights (with a time limit).
 
     Attributes
     ----------
@@ -61,16 +61,16 @@ class TrainConfig:
         Autocast precision (:func:`restore3d.refiner.precision.resolve_precision`).
     """
 
-    steps: int = 1500
+    steps: int = 3000
     batch: int = 4
     patch: tuple = (32, 64, 64)
     lr: float = 1e-3
     weight_decay: float = 1e-5
     warmup: int = 50
-    pool: int = 160
-    validation: int = 6
+    pool: int = 200
+    validation: int = 8
     epoch_steps: int = 100
-    patience: int = 4
+    patience: int = 10
     loss: str = "imbalanced"
     loss_params: dict = dataclasses.field(default_factory=lambda: {"weight": 100.0, "tau": 0.01})
     seed: int = 0
