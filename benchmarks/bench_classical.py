@@ -15,10 +15,11 @@ import time
 import numpy as np
 import torch
 
-from _common import METRIC_COLUMNS, machine, table, timed
-from restore3d import _fused, metrics
+from common import DATA, METRIC_COLUMNS, machine, table, timed
+from restore3d import metrics
 from restore3d.background import estimate_background, estimate_noise, subtract_background
-from restore3d.deconvolution import blind_richardson_lucy, i_divergence, richardson_lucy
+from restore3d.deconvolution import (blind_richardson_lucy, fused_kernels, i_divergence, kernels_available,
+                                    richardson_lucy)
 from restore3d.forward_model import ForwardModel
 from restore3d.psf import fwhm, gaussian_psf
 from restore3d.psf_estimation import estimate_psf, normalized_cross_correlation
@@ -85,22 +86,21 @@ def speed(sim, data):
     # per-round ratios with a bootstrap 95 % interval of that median. "PyTorch
     # ops" runs the same loop with the fused C kernels switched off (what an
     # install without a compiler gets).
-    lib = _fused._load()
-    variants = [("none", True), ("biggs", True)] + ([("none", False), ("biggs", False)] if lib else [])
+    built = kernels_available()
+    variants = [("none", True), ("biggs", True)] + ([("none", False), ("biggs", False)] if built else [])
     floors, per_round = [], {v: [] for v in variants}
     for _ in range(ROUNDS):
         floors.append(fft_floor(grid, batches=1))
         for acc, kernels in variants:
-            _fused._LIB = lib if kernels else None
-            _, info = richardson_lucy(data, sim.psf, iterations=n, acceleration=acc, return_info=True)
+            with fused_kernels(kernels):
+                _, info = richardson_lucy(data, sim.psf, iterations=n, acceleration=acc, return_info=True)
             per_round[acc, kernels].append(info.seconds / info.iterations)
-    _fused._LIB = lib
     floor = min(floors)
     per = {}
     for (acc, kernels), times in per_round.items():
         per[acc, kernels] = min(times)
         ratios = [t / f for t, f in zip(times, floors)]
-        how = "fused C kernels" if kernels and lib else "PyTorch ops"
+        how = "fused C kernels" if kernels and built else "PyTorch ops"
         lo, hi = _median_interval(ratios)
         rows.append({"method": f"restore3d RL ({acc}, {how}), grid {grid}", "ms/iter": per[acc, kernels] * 1e3,
                      "x FFT floor": per[acc, kernels] / floor, "median ratio of rounds": float(np.median(ratios)),
@@ -219,7 +219,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="one seed only")
-    ap.add_argument("--shared", default="../shared/data/llsm-psf/psf.tif")
+    ap.add_argument("--shared", default=str(DATA / "llsm-psf" / "psf.tif"))
     ap.add_argument("--speed-only", action="store_true", help="only the RL speed table")
     ap.add_argument("--psf-only", action="store_true", help="only the PSF estimation table")
     args = ap.parse_args()

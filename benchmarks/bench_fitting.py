@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from _common import machine, table
+from common import machine, table
 import restore3d as r3
 from restore3d import metrics
 from restore3d.fitting import fit_beads

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import tifffile
 
+from common import DATA, fmt, machine
 from restore3d import Pipeline, Refiner, assess, io, metrics, simulate
 from restore3d.presets import classical_stages
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 #: Real stacks: path, spacing (None = from the file) and a note.
 REAL = {
@@ -101,7 +100,6 @@ def run_stack(name, vol, spacing, refiner, rows, crop=False):
 
 
 def _line(row, cols):
-    from _common import fmt
     return "| " + " | ".join(row[c] if isinstance(row.get(c), str) else fmt(row.get(c)) for c in cols) + " |"
 
 
@@ -111,7 +109,6 @@ def main():
     ap.add_argument("--only", nargs="*", default=None, help="run the stacks whose name contains one of these")
     ap.add_argument("--crop", action="store_true", help="crop real stacks to 256 x 256 laterally (quick look)")
     args = ap.parse_args()
-    from _common import machine
     print(machine())
     refiner = Refiner.pretrained() if args.weights == "pretrained" else Refiner.load(args.weights)
     print(f"refiner: {args.weights}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import add_range_option, machine, simulation_ranges, table
+from common import DATA, add_range_option, machine, simulation_ranges, table
 from restore3d import metrics
 from restore3d.pipeline import Pipeline
 from restore3d.refiner import Refiner
@@ -258,7 +258,7 @@ def main():
                             help="give the stages a simulated measurement of the PSF with PEAK photons at its maximum")
     c = sub.add_parser("adapt")
     c.add_argument("--minutes", type=float, default=3.0)
-    c.add_argument("--psf", default="../shared/data/llsm-psf/psf.tif")
+    c.add_argument("--psf", default=str(DATA / "llsm-psf" / "psf.tif"))
     c.add_argument("--work", default="/tmp/r3-adapt")
     c.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine, table
+from common import machine, table
 
 SP = (0.3, 0.1, 0.1)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from _common import machine, table
+from common import machine, table
 from bench_refiner import eval_volumes
 
 from restore3d import default_pipeline, metrics

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from _common import add_range_option, simulation_ranges
+from common import add_range_option, simulation_ranges
 from restore3d.refiner.model import UNetConfig
 from restore3d.refiner.training.train import TrainConfig, train
 

@@ -13,6 +13,7 @@ tensor, or ``RESTORE3D_NO_KERNELS=1`` in the environment).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -26,6 +27,24 @@ _LIB = None
 _LOADED = False
 # the signature version of restore3d/_kernels.c this module calls (r3d_abi)
 _ABI = 2
+
+
+def kernels_available() -> bool:
+    """Whether the compiled kernels are built and enabled."""
+    return _load() is not None
+
+
+@contextlib.contextmanager
+def kernels(enabled: bool):
+    """Run the block with the compiled kernels on (when built) or off (PyTorch operations)."""
+    global _LIB
+    lib = _load()
+    before = _LIB
+    _LIB = lib if enabled else None
+    try:
+        yield
+    finally:
+        _LIB = before
 
 
 def _load():

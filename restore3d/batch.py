@@ -25,24 +25,15 @@ def restore_file(in_path, out_path, pipeline_spec: dict, options: dict) -> dict:
     """Restore one file (runs on a worker); returns a status dict, never raises."""
     t0 = time.perf_counter()
     try:
-        import numpy as np
-
-        from . import io
+        from .files import restore_file as restore
         from .pipeline import Pipeline
         threads = options.get("threads")
         if threads:
             import torch
             torch.set_num_threads(int(threads))
-        volume, spacing = io.load(in_path, axes=options.get("axes"), variable=options.get("variable"))
-        if options.get("spacing") is not None:
-            spacing = tuple(options["spacing"])
-        if spacing is None:
-            raise ValueError(f"{in_path}: the file does not record the voxel size; pass --spacing DZ DY DX")
-        pipe = Pipeline.from_dict(pipeline_spec)
-        result = pipe.run(volume, spacing=spacing, device=options.get("device"), seed=options.get("seed", 0))
-        axes = options.get("axes") if io.format_of(out_path) == "mat" else None
-        variable = options.get("variable") or "volume"
-        io.save(out_path, np.asarray(result), spacing=spacing, axes=axes, variable=variable)
+        restore(in_path, out_path, Pipeline.from_dict(pipeline_spec), axes=options.get("axes"),
+                variable=options.get("variable"), spacing=options.get("spacing"), device=options.get("device"),
+                seed=options.get("seed", 0))
         return {"file": str(in_path), "output": str(out_path), "status": "ok",
                 "seconds": time.perf_counter() - t0}
     except Exception as exc:  # reported, the batch goes on

@@ -74,47 +74,11 @@ def _check_distinct(named, in_path):
 
 
 def _load(path, args):
-    from . import io
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    volume, spacing = io.load(path, axes=args.axes, variable=getattr(args, "variable", None))
-    if args.spacing is not None:
-        spacing = tuple(args.spacing)
-    if spacing is None:
-        raise UserError(f"{path}: the file does not record the voxel size; pass --spacing DZ DY DX "
-                        "(micrometres, e.g. --spacing 0.3 0.1 0.1)")
-    if not np.isfinite(volume).all():
-        raise UserError(f"{path}: the volume contains NaN or Inf values; replace them before restoring")
-    return volume, spacing
-
-
-def _out_axes(in_path, out_path, args):
-    """A .mat output keeps the input's axis order and variable name unless told otherwise."""
-    from . import io
-    axes = args.out_axes
-    variable = args.out_variable
-    if io.format_of(out_path) == "mat" and in_path is not None and io.format_of(in_path) == "mat":
-        if axes is None:
-            axes = args.axes
-        if variable is None:
-            variable = args.variable or _mat_variable(in_path)
-    return axes, variable or "volume"
-
-
-def _mat_variable(path):
-    from . import io
-    try:
-        return io.load_file(path).variable
-    except ValueError:
-        return None
-
-
-def _save(path, volume, spacing, *, axes=None, variable="volume"):
-    from . import io
-    if io.format_of(path) == "tiff" and axes not in (None, "zyx"):
-        axes = None
-    return io.save(path, volume, spacing=spacing, axes=axes, variable=variable)
+    """The input volume and its spacing (the file's, or --spacing)."""
+    from .files import load_input
+    loaded = load_input(path, axes=args.axes, variable=getattr(args, "variable", None),
+                        spacing=getattr(args, "spacing", None))
+    return loaded.volume, loaded.spacing
 
 
 def _measured_psf(path):
@@ -138,18 +102,11 @@ def _pipeline(args):
 
 # ----------------------------------------------------------------------------- run
 def _restore_one(in_path, out_path, args, pipe, psf=None):
-    volume, spacing = _load(in_path, args)
-    if psf is not None and np.any(np.asarray(psf.shape) > np.asarray(volume.shape)):
-        from .psf import crop_psf
-        log.info("cropping the PSF %s to the volume %s", psf.shape, volume.shape)
-        psf = crop_psf(psf, volume.shape)
-    t0 = time.perf_counter()
-    result = pipe.run(volume, spacing=spacing, psf=psf, device=args.device, progress=not args.quiet)
-    axes, variable = _out_axes(in_path, out_path, args)
-    _save(out_path, np.asarray(result), spacing, axes=axes, variable=variable)
-    log.info("%s -> %s in %.1f s (%s)", in_path, out_path, time.perf_counter() - t0,
-             ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items() if k != "total"))
-    return volume, spacing, result
+    from .files import restore_file
+    loaded, result = restore_file(in_path, out_path, pipe, axes=args.axes, variable=args.variable,
+                                  spacing=args.spacing, psf=psf, device=args.device, progress=not args.quiet,
+                                  out_axes=args.out_axes, out_variable=args.out_variable)
+    return loaded.volume, loaded.spacing, result
 
 
 def cmd_run(args):
@@ -206,7 +163,8 @@ def _run_chunked(in_path, out_path, args):
     if args.spacing is not None:
         spacing = tuple(args.spacing)
     if spacing is None:
-        raise UserError(f"{in_path}: the file does not record the voxel size; pass --spacing DZ DY DX")
+        from .files import NO_SPACING
+        raise UserError(f"{in_path}: {NO_SPACING}")
     psf = _measured_psf(args.psf) if args.psf else None
     chunks = tuple(args.chunks) if args.chunks else (64, 256, 256)
     out = run_chunked(_pipeline(args), arr, spacing=spacing, chunks=chunks, psf=psf, device=args.device)

@@ -26,11 +26,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ._checks import as_psf, as_volume
+from ._fused import kernels as fused_kernels
+from ._fused import kernels_available
 from .forward_model import (BACKPROJECTORS, ForwardModel, as_background, i_divergence_of, torch_device,
                             torch_threads)
 
-__all__ = ["richardson_lucy", "blind_richardson_lucy", "i_divergence", "RLInfo",
-           "BOUNDARIES", "ACCELERATIONS", "BACKPROJECTORS"]
+__all__ = ["richardson_lucy", "blind_richardson_lucy", "i_divergence", "RLInfo", "fused_kernels",
+           "kernels_available", "BOUNDARIES", "ACCELERATIONS", "BACKPROJECTORS"]
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+
+#: The real data of the project (``../shared/data`` beside the repository), wherever the script runs from.
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def machine() -> str:
