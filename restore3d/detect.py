@@ -7,6 +7,7 @@ serves the metrics, PSF estimation and the CLI's bead table.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Sequence
 
@@ -19,7 +20,7 @@ from ._stats import half_normal_sigma, mad_sigma
 from .beads import BEAD_DTYPE, new_table
 
 __all__ = ["detect_beads", "measure_beads", "positions_of", "DETECTION_DTYPE", "robust_sigma",
-           "noise_threshold", "typical_peak", "typical_height", "local_maxima"]
+           "noise_threshold", "typical_peak", "typical_height", "local_maxima", "find_maxima", "Maxima"]
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +190,37 @@ def noise_threshold(heights: np.ndarray, n_voxels: int, snr: float) -> float:
     return threshold
 
 
+@dataclasses.dataclass(frozen=True)
+class Maxima:
+    """Local maxima of a smoothed volume: voxel coordinates (N, 3), heights above the base level."""
+
+    coords: np.ndarray
+    heights: np.ndarray
+    base: float
+    n_voxels: int
+
+
+def find_maxima(volume: np.ndarray, spacing: Sequence[float], *, smooth: Sequence[float] | float = 0.7,
+                min_distance_um: Sequence[float] | None = None) -> Maxima:
+    """The local maxima :func:`detect_beads` chooses from (see its parameters)."""
+    vol = as_volume(volume)
+    spacing = as_spacing(spacing)
+    sm = ndimage.gaussian_filter(vol, smooth, mode="nearest") if np.any(np.asarray(smooth) > 0) else vol
+    base, _ = robust_sigma(sm)
+    if min_distance_um is None:
+        half = np.array([2, 2, 2])
+    else:
+        half = np.maximum(1, np.round(np.asarray(min_distance_um, float) / np.asarray(spacing)).astype(int))
+    size = tuple(2 * h + 1 for h in half)
+    peaks = (sm == ndimage.maximum_filter(sm, size=size, mode="nearest")) & (sm > base)
+    return Maxima(coords=np.argwhere(peaks), heights=sm[peaks] - base, base=float(base), n_voxels=int(sm.size))
+
+
 def detect_beads(volume: np.ndarray, spacing: Sequence[float], *, threshold: float | None = None,
                  snr: float = 6.0, smooth: Sequence[float] | float = 0.7,
                  min_distance_um: Sequence[float] | None = None, measure: bool = True,
-                 window_um: Sequence[float] = (1.5, 0.6, 0.6), max_beads: int | None = None) -> np.ndarray:
+                 window_um: Sequence[float] = (1.5, 0.6, 0.6), max_beads: int | None = None,
+                 maxima: "Maxima | None" = None) -> np.ndarray:
     """Find beads as local maxima of the smoothed volume.
 
     Parameters
@@ -219,6 +247,10 @@ def detect_beads(volume: np.ndarray, spacing: Sequence[float], *, threshold: flo
         Measurement window, see :func:`measure_beads`.
     max_beads : int, optional
         Keep only the highest-scoring ones.
+    maxima : Maxima, optional
+        The volume's local maxima from :func:`find_maxima` (with its
+        ``smooth`` and ``min_distance_um``), to detect at several thresholds
+        without smoothing and filtering the volume again.
 
     Returns
     -------
@@ -227,18 +259,11 @@ def detect_beads(volume: np.ndarray, spacing: Sequence[float], *, threshold: flo
     """
     vol = as_volume(volume)
     spacing = as_spacing(spacing)
-    sm = ndimage.gaussian_filter(vol, smooth, mode="nearest") if np.any(np.asarray(smooth) > 0) else vol
-    base, _ = robust_sigma(sm)
-    if min_distance_um is None:
-        half = np.array([2, 2, 2])
-    else:
-        half = np.maximum(1, np.round(np.asarray(min_distance_um, float) / np.asarray(spacing)).astype(int))
-    size = tuple(2 * h + 1 for h in half)
-    peaks = (sm == ndimage.maximum_filter(sm, size=size, mode="nearest")) & (sm > base)
-    coords = np.argwhere(peaks)
-    scores = sm[peaks] - base
+    mx = maxima if maxima is not None else find_maxima(vol, spacing, smooth=smooth,
+                                                         min_distance_um=min_distance_um)
+    coords, scores, base = mx.coords, mx.heights, mx.base
     if threshold is None:
-        threshold = noise_threshold(scores, sm.size, snr)
+        threshold = noise_threshold(scores, mx.n_voxels, snr)
     keep = scores > threshold
     coords, scores = coords[keep], scores[keep]
     order = np.argsort(-scores, kind="stable")

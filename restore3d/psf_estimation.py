@@ -19,7 +19,7 @@ from scipy import ndimage, optimize
 from ._checks import as_spacing, as_volume
 from ._profiles import profile_peak
 from ._stats import mad_sigma
-from .detect import detect_beads
+from .detect import detect_beads, find_maxima
 from .psf import fwhm, gaussian_psf, widefield_psf
 
 __all__ = ["estimate_psf", "PSFEstimate", "normalized_cross_correlation", "MODELS"]
@@ -82,18 +82,46 @@ def normalized_cross_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
-def _extract(prefiltered, centre, half, order=3):
-    """Box of half-size ``half`` centred at a sub-voxel position (NaN outside the volume)."""
+def _extract(prefiltered, centre, half, order=3, *, offset=(0, 0, 0), shape=None):
+    """Box of half-size ``half`` centred at a sub-voxel position (NaN outside the volume).
+
+    ``prefiltered`` holds the spline coefficients of the volume, or of a
+    block of it starting at ``offset`` (``shape``: the whole volume's).
+    """
     grids = [np.arange(-h, h + 1) + c for h, c in zip(half, centre)]
     coords = np.meshgrid(*grids, indexing="ij")
-    shape = prefiltered.shape
+    shape = prefiltered.shape if shape is None else shape
     outside = np.zeros(coords[0].shape, bool)
     for a, c in enumerate(coords):
         outside |= (c < -0.01) | (c > shape[a] - 0.99)
-    vals = ndimage.map_coordinates(prefiltered, coords, order=order, mode="nearest", prefilter=False)
+    local = [c - o for c, o in zip(coords, offset)]
+    vals = ndimage.map_coordinates(prefiltered, local, order=order, mode="nearest", prefilter=False)
     vals = vals.astype(np.float64)
     vals[outside] = np.nan
     return vals
+
+
+#: Voxels of context around a bead's box for its spline coefficients: the cubic B-spline prefilter's
+#: influence falls by 0.268 per voxel, to 3e-6 after 10, so a block gives the whole volume's values.
+_SPLINE_MARGIN = 10
+
+
+class _Splines:
+    """Cubic spline coefficients of the blocks around beads, computed once per bead (not the whole volume)."""
+
+    def __init__(self, vol, half):
+        self.vol, self.half = vol, np.asarray(half)
+        self.blocks = {}
+
+    def box(self, key, centre):
+        if key not in self.blocks:
+            c = np.floor(centre).astype(int)
+            lo = np.maximum(c - self.half - _SPLINE_MARGIN - 2, 0)
+            hi = np.minimum(c + self.half + _SPLINE_MARGIN + 3, self.vol.shape)
+            block = self.vol[tuple(slice(a, b) for a, b in zip(lo, hi))].astype(np.float64)
+            self.blocks[key] = (ndimage.spline_filter(block, order=3, mode="nearest"), lo)
+        coef, lo = self.blocks[key]
+        return _extract(coef, centre, self.half, offset=lo, shape=self.vol.shape)
 
 
 def _faces(box):
@@ -188,9 +216,10 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
         raise ValueError(f"local_background must be 'low', 'median' or 'none', got {local_background!r}")
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    cands = detect_beads(vol, spacing, snr=snr, measure=True)
+    maxima = find_maxima(vol, spacing)  # once, for both thresholds
+    cands = detect_beads(vol, spacing, snr=snr, measure=True, maxima=maxima)
     # possible neighbours: everything clearly above the noise, dimmer than the candidates too
-    everyone = detect_beads(vol, spacing, snr=min(4.0, snr), measure=False)
+    everyone = detect_beads(vol, spacing, snr=min(4.0, snr), measure=False, maxima=maxima)
     n_cand = len(cands)
     rejected = {"neighbour": 0, "edge": 0, "saturated": 0, "outlier": 0, "unmeasurable": 0}
 
@@ -252,14 +281,14 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
     if len(idx) < max(1, min_beads):
         fail(f"{len(idx)} usable beads, {min_beads} needed")
 
-    prefiltered = ndimage.spline_filter(vol.astype(np.float64), order=3, mode="nearest")
+    splines = _Splines(vol, half)
     centres = pos[idx].copy()
     core = _core_mask(half, core_half)
 
-    def gather(centres):
+    def gather(centres, keys):
         boxes, fluxes = [], []
-        for c in centres:
-            box = _extract(prefiltered, c, half)
+        for c, key in zip(centres, keys):
+            box = splines.box(key, c)
             if local_background != "none":
                 faces = _faces(box)
                 level = (np.median(faces) if local_background == "median" else
@@ -282,7 +311,7 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
         wsum = w.sum(0)
         return np.where(wsum > 0, (vals * w).sum(0) / np.maximum(wsum, 1e-30), 0.0)
 
-    boxes, fluxes = gather(centres)
+    boxes, fluxes = gather(centres, idx)
     good = fluxes > 0
     boxes, fluxes, centres, idx = boxes[good], fluxes[good], centres[good], idx[good]
     if len(idx) == 0:
@@ -297,7 +326,7 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
             scales.append(s)
         shifts = np.clip(np.asarray(shifts), -1.0, 1.0)
         centres = centres + shifts
-        boxes, fluxes = gather(centres)
+        boxes, fluxes = gather(centres, idx)
         # beads far from the consensus shape are outliers (a hidden neighbour, a doublet)
         with warnings.catch_warnings():  # a box with no positive flux is all-NaN: its residual is NaN
             warnings.simplefilter("ignore", RuntimeWarning)
