@@ -21,6 +21,12 @@ SPACING_RANGE_UM = (0.005, 20.0)
 MIN_SHAPE = (3, 8, 8)
 
 
+def is_real_dtype(dtype) -> bool:
+    """Integers or floats (not bool, complex, strings or objects): what a volume may hold."""
+    dtype = np.dtype(dtype)
+    return dtype != bool and (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+
+
 def as_volume(volume, *, name: str = "volume", copy: bool = False,
               allow_non_finite: bool = False) -> np.ndarray:
     """Return ``volume`` as a C-contiguous float32 (z, y, x) array.
@@ -50,8 +56,7 @@ def as_volume(volume, *, name: str = "volume", copy: bool = False,
             arr = np.asarray(volume)
         except Exception as exc:  # pragma: no cover - exotic inputs
             raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer)
-                                 or np.issubdtype(arr.dtype, np.floating)):
+    if not is_real_dtype(arr.dtype):
         raise ValueError(
             f"{name} has dtype {arr.dtype}, expected real numbers (integer or float); "
             "convert it with np.asarray(..., dtype=np.float32)")

@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 
-from .._checks import as_spacing
+from .._checks import as_spacing, is_real_dtype
 
 log = logging.getLogger("restore3d.io")
 
@@ -34,8 +34,7 @@ def from_zyx(arr: np.ndarray, axes: str) -> np.ndarray:
 
 def check_array(arr, path, what="data"):
     arr = np.asarray(arr)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer)
-                                 or np.issubdtype(arr.dtype, np.floating)):
+    if not is_real_dtype(arr.dtype):
         raise ValueError(
             f"{path}: {what} has dtype {arr.dtype}, not real numbers; "
             "save the volume as integers or floats")

@@ -31,24 +31,26 @@ def _needs_psf(psf, what):
                          "EstimatePSF (or pass psf= to the run)")
 
 
-def apply_input_transform(volume, spacing, transform, psf):
-    """The refiner's input from the preceding stages' output (see :data:`INPUT_TRANSFORMS`)."""
+def _blurred(volume, spacing, transform, psf, *, known, kind, what):
+    """``volume`` itself (no transform) or blurred by the target's kernel (the one transform of ``known``)."""
     if transform is None:
         return volume
-    if transform != "target_blur":
-        raise ValueError(f"unknown input transform {transform!r}; expected one of {INPUT_TRANSFORMS}")
-    _needs_psf(psf, "renders its input at the target resolution")
+    if transform != known[1]:
+        raise ValueError(f"unknown {kind} transform {transform!r}; expected one of {known}")
+    _needs_psf(psf, what)
     return target_blur(volume, spacing, lateral_fwhm(psf, spacing))
+
+
+def apply_input_transform(volume, spacing, transform, psf):
+    """The refiner's input from the preceding stages' output (see :data:`INPUT_TRANSFORMS`)."""
+    return _blurred(volume, spacing, transform, psf, known=INPUT_TRANSFORMS, kind="input",
+                    what="renders its input at the target resolution")
 
 
 def apply_output_transform(volume, spacing, transform, psf):
     """The restored volume from the network's output (see :data:`OUTPUT_TRANSFORMS`)."""
-    if transform is None:
-        return volume
-    if transform != "render":
-        raise ValueError(f"unknown output transform {transform!r}; expected one of {OUTPUT_TRANSFORMS}")
-    _needs_psf(psf, "renders the target's isotropic kernel after the network")
-    return target_blur(volume, spacing, lateral_fwhm(psf, spacing))
+    return _blurred(volume, spacing, transform, psf, known=OUTPUT_TRANSFORMS, kind="output",
+                    what="renders the target's isotropic kernel after the network")
 
 
 def extra_halo(meta: dict, spacing, psf) -> np.ndarray:
