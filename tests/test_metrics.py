@@ -2,33 +2,11 @@ import numpy as np
 import pytest
 
 from restore3d import metrics
-from restore3d.detect import detect_beads, measure_beads, robust_sigma
-from restore3d.beads import new_table
 from restore3d.target import render_target
 
+from conftest import truth_table as _truth
+
 SP = (0.3, 0.1, 0.1)
-
-
-def _truth(positions, inside=None, flux=1000.0):
-    t = new_table(len(positions))
-    p = np.asarray(positions, float)
-    for i, ax in enumerate("zyx"):
-        t[ax] = p[:, i]
-        t[ax + "_um"] = p[:, i] * SP[i]
-    t["flux"] = flux
-    t["inside"] = True if inside is None else inside
-    return t
-
-
-@pytest.fixture(scope="module")
-def scene():
-    rng = np.random.default_rng(0)
-    # well separated beads: a jittered 2 x 4 x 4 grid
-    zz, yy, xx = np.meshgrid([7.0, 16.0], np.linspace(12, 84, 4), np.linspace(12, 84, 4), indexing="ij")
-    pos = np.column_stack([zz.ravel(), yy.ravel(), xx.ravel()]) + rng.uniform(-2, 2, (32, 3))
-    truth = _truth(pos, flux=rng.uniform(500, 2000, 32))
-    target = render_target(truth, (24, 96, 96), SP, fwhm_um=0.25)
-    return truth, target
 
 
 def test_perfect_prediction_scores_perfectly(scene):
@@ -112,47 +90,6 @@ def test_image_metrics_known_values():
     assert metrics.ssim(t, t) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="differs from target"):
         metrics.nrmse(np.zeros((2, 2, 2)), t)
-
-
-def test_detector_finds_rendered_beads(scene):
-    """detect_beads recovers rendered beads at sub-voxel accuracy and measures their widths."""
-    truth, target = scene
-    det = detect_beads(target, SP)
-    s = metrics.detection_scores(det, truth, spacing=SP)
-    assert s["recall"] >= 0.95 and s["precision"] >= 0.95
-    assert s["rmse_lateral_um"] < 0.02
-    iso = metrics.isolated(det, spacing=SP)
-    np.testing.assert_allclose(np.nanmedian(det["fwhm_x"][iso]), 0.25, rtol=0.05)
-
-
-def test_measure_subtracts_local_background():
-    """A bead on a constant offset: measured background is the offset, intensity is the flux."""
-    truth = _truth([[10.2, 30.4, 29.7]], flux=5000.0)
-    vol = render_target(truth, (20, 60, 60), SP, fwhm_um=0.3) + 7.0
-    t = measure_beads(vol, SP, truth)
-    assert t["background"][0] == pytest.approx(7.0, abs=1e-3)
-    assert t["intensity"][0] == pytest.approx(5000.0, rel=0.01)
-    np.testing.assert_allclose([t["z"][0], t["y"][0], t["x"][0]], [10.2, 30.4, 29.7], atol=0.02)
-
-
-def test_robust_sigma_clipped_and_gaussian():
-    """robust_sigma recovers sigma of Gaussian noise, also after clipping at zero."""
-    rng = np.random.default_rng(1)
-    noise = rng.normal(0, 3.0, 200_000)
-    assert robust_sigma(noise)[1] == pytest.approx(3.0, rel=0.02)
-    assert robust_sigma(np.maximum(noise, 0))[1] == pytest.approx(3.0, rel=0.03)
-
-
-def test_typical_peak_ignores_density():
-    """The typical bead peak is the median bead height, however many beads and faint specks there are."""
-    from restore3d.detect import typical_peak
-    vol = np.zeros((20, 80, 80), np.float32)
-    rng = np.random.default_rng(1)
-    for k, c in enumerate(rng.integers(3, 77, (30, 3))):
-        vol[c[0] % 20, c[1], c[2]] = 10.0 + k % 3  # beads of height 10-12
-    vol[rng.integers(0, 20, 500), rng.integers(0, 80, 500), rng.integers(0, 80, 500)] += 0.5  # specks
-    assert typical_peak(vol) == pytest.approx(11.0, abs=1.0)
-    assert typical_peak(np.zeros((4, 4, 4), np.float32)) == 0.0
 
 
 def test_spurious_spots_counts_spots_away_from_beads(scene):
