@@ -60,6 +60,11 @@ class SelfCheck:
     def passed(self) -> bool:
         return not self.failed
 
+    @property
+    def shape_failed(self) -> bool:
+        """Whether the beads' shape (roundness or lateral width) is outside its window."""
+        return any(f.startswith(("roundness", "width")) for f in self.failed)
+
     def summary(self) -> str:
         """One line: the measures and what failed."""
         state = "passed" if self.passed else "FAILED (" + "; ".join(self.failed) + ")"
@@ -70,6 +75,7 @@ class SelfCheck:
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["passed"] = self.passed
+        d["shape_passed"] = not self.shape_failed
         return d
 
 

@@ -31,7 +31,7 @@ def test_flattened_beads_fail_roundness(scene):
     """Beads half as long in z as the target fail, and the message says they are flattened."""
     sim, psf = scene
     c = check_restoration(_squash(sim, 0.5), sim.clean, psf, SP)
-    assert c.roundness < 0.85 and not c.passed
+    assert c.roundness < 0.85 and not c.passed and c.shape_failed
     assert any("flattened" in f for f in c.failed)
 
 
@@ -52,6 +52,7 @@ def test_too_bright_fails_flux(scene):
     c = check_restoration(2.0 * sim.target, sim.clean, psf, SP)
     assert c.flux == pytest.approx(2.0, rel=0.1)
     assert any(f.startswith("flux") for f in c.failed)
+    assert not c.shape_failed and c.as_dict()["shape_passed"]  # the beads' shape is still right
 
 
 def test_invented_and_missing_beads_raise_the_inconsistency(scene):
