@@ -6,25 +6,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from restore3d.refiner import UNetConfig, build_model  # noqa: E402
+from .conftest import random_model  # noqa: E402
+
 from restore3d.refiner.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from restore3d.refiner.inference import predict  # noqa: E402
 from restore3d.refiner.normalize import Normalizer  # noqa: E402
 
 SP = (0.3, 0.1, 0.1)
 
-def _random_model(seed=0, **cfg):
-    torch.manual_seed(seed)
-    model = build_model(UNetConfig(base_channels=4, **cfg))
-    with torch.no_grad():  # the head starts at zero (identity): give it weights so the test sees the network
-        model.head.weight.normal_(0, 0.5)
-        model.head.bias.fill_(0.1)
-    return model.eval()
-
 
 def test_checkpoint_round_trip_bit_identical(tmp_path):
     """Saving and loading a checkpoint gives bit-identical predictions; a tampered file is refused."""
-    model = _random_model()
+    model = random_model()
     meta = {"normalization": Normalizer().to_dict(), "prefix": {"steps": []}}
     js = save_checkpoint(tmp_path / "m", model, meta)
     loaded, back = load_checkpoint(js)

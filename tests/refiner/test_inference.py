@@ -4,20 +4,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from .conftest import random_model  # noqa: E402
+
 from restore3d.refiner import UNetConfig, build_model  # noqa: E402
 from restore3d.refiner.inference import predict  # noqa: E402
 from restore3d.refiner.normalize import Normalizer  # noqa: E402
 from restore3d.refiner.tiling import blend_weight, tile_starts, tiles  # noqa: E402
 
 SP = (0.3, 0.1, 0.1)
-
-def _random_model(seed=0, **cfg):
-    torch.manual_seed(seed)
-    model = build_model(UNetConfig(base_channels=4, **cfg))
-    with torch.no_grad():  # the head starts at zero (identity): give it weights so the test sees the network
-        model.head.weight.normal_(0, 0.5)
-        model.head.bias.fill_(0.1)
-    return model.eval()
 
 
 def test_tiling_geometry_stitches_arange_exactly():
@@ -39,7 +33,7 @@ def test_tiling_geometry_stitches_arange_exactly():
 @pytest.mark.parametrize("norm", ["batch", "none"])
 def test_tiled_equals_whole(norm):
     """Tiled inference equals whole-volume inference (float tolerance), for any tile layout."""
-    model = _random_model(norm=norm)
+    model = random_model(norm=norm)
     vol = np.random.default_rng(1).random((12, 150, 130)).astype(np.float32)
     whole = predict(model, vol, SP, normalizer=Normalizer(), device="cpu")
     tiled = predict(model, vol, SP, normalizer=Normalizer(), device="cpu", max_voxels=0,

@@ -4,25 +4,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from .conftest import random_model  # noqa: E402
+
 from restore3d.refiner import UNetConfig, build_model  # noqa: E402
 from restore3d.refiner.inference import predict  # noqa: E402
 from restore3d.refiner.normalize import Normalizer  # noqa: E402
 
 SP = (0.3, 0.1, 0.1)
 
-def _random_model(seed=0, **cfg):
-    torch.manual_seed(seed)
-    model = build_model(UNetConfig(base_channels=4, **cfg))
-    with torch.no_grad():  # the head starts at zero (identity): give it weights so the test sees the network
-        model.head.weight.normal_(0, 0.5)
-        model.head.bias.fill_(0.1)
-    return model.eval()
-
-
 @pytest.mark.parametrize("shape", [(13, 37, 29), (32, 64, 64), (5, 9, 11), (1, 8, 8)])
 def test_any_shape_in_same_shape_out(shape):
     """Odd sizes are padded and cropped: output has the input's shape, non-negative."""
-    model = _random_model()
+    model = random_model()
     vol = np.random.default_rng(0).random(shape).astype(np.float32)
     out = predict(model, vol, SP, normalizer=Normalizer(), device="cpu")
     assert out.shape == shape and out.dtype == np.float32 and out.min() >= 0
