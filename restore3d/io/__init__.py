@@ -35,6 +35,7 @@ class Format:
     read: object
     write: object
     axes_in_file: bool = True   # whether a written file can hold another axis order than (z, y, x)
+    writes_atomically: bool = False  # the writer itself writes beside and renames (a Zarr folder)
 
 
 def _read_zarr(path, variable):
@@ -43,7 +44,7 @@ def _read_zarr(path, variable):
 
 
 def _write_zarr(path, arr, *, spacing, axes, variable):
-    raise AssertionError("zarr is written by write_zarr, atomically by itself")  # pragma: no cover
+    write_zarr(path, arr, spacing=spacing)
 
 
 #: Extensions and their formats.
@@ -53,7 +54,7 @@ FORMATS = {
     ".tiff": Format("tiff", tiff.read, tiff.write, axes_in_file=False),
     ".npy": Format("npy", numpy_files.read_npy, numpy_files.write_npy),
     ".npz": Format("npz", numpy_files.read_npz, numpy_files.write_npz),
-    ".zarr": Format("zarr", _read_zarr, _write_zarr, axes_in_file=False),
+    ".zarr": Format("zarr", _read_zarr, _write_zarr, axes_in_file=False, writes_atomically=True),
 }
 
 
@@ -198,14 +199,14 @@ def save(path, volume, *, spacing: Sequence[float] | None = None, axes: str | No
         raise ValueError(f"{path}: {fmt.name.upper()} stacks are written as (z, y, x); drop axes={axes!r}")
     if not path.parent.exists():
         raise ValueError(f"{path}: folder {path.parent} does not exist")
-    if fmt.name == "zarr":
-        write_zarr(path, arr, spacing=spacing)  # atomic by itself
-        return path
     options = {}
     if fmt.name == "mat":
         options["mat_version"] = mat_version
     elif fmt.name == "tiff":
         options["ome"] = path.name.lower().endswith((".ome.tif", ".ome.tiff"))
+    if fmt.writes_atomically:
+        fmt.write(path, from_zyx(arr, order), spacing=spacing, axes=order, variable=variable, **options)
+        return path
     with atomic_write(path) as tmp:
         fmt.write(tmp, from_zyx(arr, order), spacing=spacing, axes=order, variable=variable, **options)
     return path

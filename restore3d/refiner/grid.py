@@ -59,10 +59,6 @@ class Grid:
     mats: tuple           # per axis: (n_work, n_source) matrix, or None when the axis is unchanged
 
     @property
-    def identity(self) -> bool:
-        return all(m is None for m in self.mats)
-
-    @property
     def volume_ratio(self) -> float:
         """Working voxel volume over source voxel volume."""
         return float(np.prod(np.asarray(self.spacing) / np.asarray(self.source_spacing)))
