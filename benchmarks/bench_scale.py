@@ -1,9 +1,15 @@
-"""Scaling: chunked vs whole-volume (seams, time, memory), peak memory vs volume size, batch throughput.
+"""Scaling: stage times and memory at real sizes, chunked vs whole volume, peak memory, batch throughput.
 
 Usage::
 
+    python benchmarks/bench_scale.py stages [--work /tmp/r3-scale]   # stage table at 256^2, 512^2, 1024^2
+    python benchmarks/bench_scale.py big                             # 71 x 1024 x 1024 uint8, default budget
     python benchmarks/bench_scale.py all [--work /tmp/r3-scale]
     python benchmarks/bench_scale.py memory --shape 64 1024 1024   # one measurement (run in a fresh process)
+
+Every size runs in a fresh process, so peak memory is that size's own.
+Peak RSS per stage is the process's high-water mark during the stage
+(Linux: reset through /proc/self/clear_refs before each stage).
 """
 from __future__ import annotations
 
@@ -121,9 +127,156 @@ def throughput(work, n_files=8):
     return rows
 
 
+#: The stage table's volume: widefield NA 0.95 air, 8-bit, 40 beads per 512 x 512 field (a user's typical stack).
+FIELD = dict(spacing=(0.3, 0.108, 0.108), bead_diameter=0.2, flux=40000.0,
+             psf={"model": "widefield", "na": 0.95, "wavelength": 0.6, "n_immersion": 1.0},
+             ambient=dict(offset=2.0, level=8.0, strength=0.5), read_noise=1.0,
+             detector=dict(bits=8, gain=0.5, floor=0.0))
+
+
+def field(work, shape=(34, 1024, 1024), beads_per_512=40):
+    """The full field (cached as .npy); smaller sizes are central crops of it."""
+    import restore3d as r3
+    path = Path(work) / f"field_{'x'.join(map(str, shape))}.npy"
+    if not path.exists():
+        n = int(round(beads_per_512 * shape[1] * shape[2] / 512 ** 2))
+        sim = r3.simulate.simulate_beads(shape, n_beads=n, seed=11, **FIELD)
+        np.save(path, sim.raw.astype(np.uint8))
+    return path
+
+
+def _reset_peak():
+    """Reset the process's peak RSS (Linux); False where it cannot be."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stages_one(work, size, peers=True):
+    """Run in a fresh process: the default pipeline stage by stage on a central size x size crop."""
+    import gc
+    import restore3d as r3
+    from restore3d import RunContext
+    full = np.load(field(work), mmap_mode="r")
+    y0 = (full.shape[1] - size) // 2
+    vol = np.ascontiguousarray(full[:, y0:y0 + size, y0:y0 + size]).astype(np.float32)
+    spacing = FIELD["spacing"]
+    pipe = r3.default_pipeline()
+    ctx = RunContext(spacing=spacing, rng=np.random.default_rng(0))
+    rows = []
+    gc.collect()
+    base = _peak_mb() if _reset_peak() else None
+    total = 0.0
+    x = vol
+    for name, stage in pipe.steps:
+        _reset_peak()
+        t0 = time.perf_counter()
+        ctx.step = name
+        x = np.ascontiguousarray(stage(x, ctx), dtype=np.float32)
+        dt = time.perf_counter() - t0
+        ctx.history.append(type(stage).__name__)
+        total += dt
+        rows.append({"stage": name, "seconds": dt, "peak_rss_mb": _peak_mb()})
+    rows.append({"stage": "total", "seconds": total, "peak_rss_mb": max(r["peak_rss_mb"] for r in rows)})
+    psf = ctx.psf
+    bg = r3.background.subtract_background(vol, spacing)
+    if peers:
+        from skimage.restoration import richardson_lucy as sk_rl
+        _reset_peak()
+        t0 = time.perf_counter()
+        sk_rl(bg, psf, num_iter=10, clip=False)
+        rows.append({"stage": "peer: skimage richardson_lucy (10 it)", "seconds": time.perf_counter() - t0,
+                     "peak_rss_mb": _peak_mb()})
+        try:
+            import RedLionfishDeconv as rlf
+            _reset_peak()
+            t0 = time.perf_counter()
+            rlf.doRLDeconvolutionFromNpArrays(bg, psf, niter=10, method="cpu")
+            rows.append({"stage": "peer: RedLionfish cpu (10 it)", "seconds": time.perf_counter() - t0,
+                         "peak_rss_mb": _peak_mb()})
+        except ImportError:
+            rows.append({"stage": "peer: RedLionfish (not installed)", "seconds": float("nan"),
+                         "peak_rss_mb": float("nan")})
+    print(json.dumps({"size": size, "shape": list(vol.shape), "voxels": int(vol.size),
+                      "volume_mb": vol.nbytes / 2 ** 20, "base_mb": base,
+                      "n_beads_psf": ctx.info.get("psf", {}).get("n_beads"), "rows": rows}))
+
+
+def stage_table(work, sizes=(256, 512, 1024)):
+    field(work)
+    runs = {}
+    for size in sizes:
+        r = subprocess.run([sys.executable, __file__, "stages", "--size", str(size), "--work", work],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr[-2000:])
+        runs[size] = json.loads(r.stdout.strip().splitlines()[-1])
+    ref = runs[sizes[0]]
+    rows = []
+    for i, row in enumerate(ref["rows"]):
+        out = {"stage": row["stage"]}
+        for size in sizes:
+            run = runs[size]
+            r = run["rows"][i]
+            out[f"{size}^2 s"] = r["seconds"]
+            out[f"{size}^2 peak MB"] = r["peak_rss_mb"]
+            if size != sizes[0]:
+                out[f"{size}^2 s/voxel vs {sizes[0]}^2"] = (r["seconds"] / run["voxels"]) / (
+                    row["seconds"] / ref["voxels"])
+        rows.append(out)
+    info = {s: (runs[s]["shape"], round(runs[s]["volume_mb"], 1), runs[s]["n_beads_psf"]) for s in sizes}
+    return rows, info
+
+
+def big_one(work, shape=(71, 1024, 1024), budget=None):
+    """Run in a fresh process: the default pipeline on a uint8 volume of ``shape`` (chunked when over budget)."""
+    import restore3d as r3
+    path = Path(work) / f"big_{'x'.join(map(str, shape))}.npy"
+    if not path.exists():
+        spacing = (0.1, 0.0443, 0.0443)
+        blocks = []
+        for i, y in enumerate(range(0, shape[1], 512)):
+            row = []
+            for j, x in enumerate(range(0, shape[2], 512)):
+                sim = r3.simulate.simulate_beads((shape[0], min(512, shape[1] - y), min(512, shape[2] - x)),
+                                                 spacing, n_beads=60, seed=100 + 10 * i + j,
+                                                 **{k: v for k, v in BIG.items() if k != "spacing"})
+                row.append(sim.raw.astype(np.uint8))
+            blocks.append(np.concatenate(row, axis=2))
+        np.save(path, np.concatenate(blocks, axis=1))
+    vol = np.load(path)
+    base = _peak_mb()
+    t0 = time.perf_counter()
+    kw = {} if budget is None else {"memory_budget": budget}
+    res = r3.default_pipeline().run(vol, spacing=BIG["spacing"], **kw)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"shape": list(shape), "seconds": dt, "peak_rss_mb": _peak_mb(), "rss_after_load_mb": base,
+                      "uint8_mb": vol.nbytes / 2 ** 20, "chunked": res.info.get("chunked"),
+                      "output_max": float(res.volume.max())}))
+
+
+#: The big volume: leica-like confocal, 8-bit, NA 1.4 oil, 0.1 / 0.044 um.
+BIG = dict(spacing=(0.1, 0.0443, 0.0443), bead_diameter=0.17, flux=60000.0,
+           psf={"model": "confocal", "na": 1.4, "wavelength": 0.62, "excitation": 0.514, "n_immersion": 1.518,
+                "n_sample": 1.40, "depth": 3.0},
+           ambient=dict(offset=0.5, level=1.0, strength=0.3), read_noise=0.5,
+           detector=dict(bits=8, gain=1.0, floor=1.0))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("all", "seams", "memory", "throughput"))
+    ap.add_argument("what", choices=("all", "stages", "big", "seams", "memory", "throughput"))
+    ap.add_argument("--size", type=int, default=None, help="stages: one size (run in a fresh process)")
+    ap.add_argument("--budget", type=float, default=None, help="big: memory budget in GB")
     ap.add_argument("--shape", nargs=3, type=int, default=None)
     ap.add_argument("--chunks", nargs=3, type=int, default=(32, 256, 256))
     ap.add_argument("--workers", type=int, default=1)
@@ -135,7 +288,30 @@ def main():
     if args.what == "memory" and args.shape:
         memory_one(tuple(args.shape), args.work, tuple(args.chunks), args.workers)
         return
+    if args.what == "stages" and args.size:
+        stages_one(args.work, args.size)
+        return
+    if args.what == "big" and args.shape:
+        big_one(args.work, tuple(args.shape), args.budget)
+        return
     print(f"machine: {machine()}\n")
+    if args.what in ("all", "stages"):
+        rows, info = stage_table(args.work)
+        print("## Stage times and peak RSS (default pipeline; crops of one 34 x 1024 x 1024 8-bit widefield field, "
+              "40 beads per 512^2; each size in a fresh process)\n")
+        print("sizes: " + "; ".join(f"{s}^2: shape {v[0]}, {v[1]} MB float32, PSF from {v[2]} beads"
+                                    for s, v in info.items()) + "\n")
+        print(table(rows, list(rows[0])))
+    if args.what == "big":
+        shape = (71, 1024, 1024)
+        cmd = [sys.executable, __file__, "big", "--shape", *map(str, shape), "--work", args.work]
+        if args.budget is not None:
+            cmd += ["--budget", str(args.budget)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr[-2000:])
+        print("## The default pipeline on 71 x 1024 x 1024 uint8 (leica-like confocal)\n")
+        print(r.stdout.strip().splitlines()[-1])
     if args.what in ("all", "seams"):
         print("## Chunked vs whole volume (32 x 256 x 256, chunks 32 x 128 x 128)\n")
         print(table(seams(), ["pipeline", "halo (z, y, x)", "max |chunked - whole| / max", "chunked s (4 chunks)",

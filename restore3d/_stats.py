@@ -29,3 +29,15 @@ def half_normal_sigma(magnitudes) -> float:
     """Standard deviation of zero-mean normal noise from samples of its magnitude (``median / 0.6745``)."""
     m = np.asarray(magnitudes, np.float64).ravel()
     return MAD_TO_SIGMA * float(np.median(m)) if m.size else 0.0
+
+
+def intensity_gain(vol) -> float:
+    """A power of two that brings a volume's values near 10^3 when they are extreme (exact in float32).
+
+    Stages guard divisions with small absolute floors; a volume in units that
+    make every value tiny (or huge) would meet them everywhere.
+    """
+    top = float(np.abs(vol).max())
+    if top == 0.0 or 1e-2 <= top <= 1e8:
+        return 1.0
+    return float(2.0 ** int(np.round(np.log2(1024.0 / top))))

@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from ._checks import MIN_SHAPE, as_device, as_rng, as_spacing, check_restorable, check_voxel_spacing
-from .pipeline import PASSTHROUGH, Pipeline, RunContext, _intensity_gain
+from ._stats import intensity_gain
+from .pipeline import PASSTHROUGH, Pipeline, RunContext
 
 __all__ = ["freeze_pipeline", "run_chunked", "pipeline_halo", "pipeline_alignment"]
 
@@ -114,7 +115,7 @@ def run_chunked(pipeline: Pipeline, volume, *, spacing: Sequence[float], chunks=
         raise ValueError(f"volume must be 3D (z, y, x), got shape {arr.shape}")
     check_restorable(arr.shape)
     sample = _sample(arr, sample_shape)
-    gain = _intensity_gain(sample)  # one scale for every chunk: frozen levels are absolute
+    gain = intensity_gain(sample)  # one scale for every chunk: frozen levels are absolute
     frozen, ctx = freeze_pipeline(pipeline, sample * np.float32(gain), spacing=spacing, psf=psf, seed=seed,
                                   device=device)
     grid = pipeline_alignment(frozen, spacing)

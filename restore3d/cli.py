@@ -335,14 +335,8 @@ def _volume_opts(p):
     p.add_argument("--variable", default=None, help="variable holding the volume in a .mat/.npz file")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ._version import __version__
-    from .optics import DEFAULT_OPTICS
-    parser = argparse.ArgumentParser(prog="restore3d", description=(
-        "Restore 3D bead volumes: remove ambient light and axial stretching."))
-    parser.add_argument("--version", action="version", version=f"restore3d {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_run(sub, optics):
+    """The ``run`` command: restore a volume or a batch."""
     p = sub.add_parser("run", help="restore a volume (or a batch: quote a glob and give an output folder)")
     p.add_argument("input", help="input file (.mat, .tif, .npy, .npz, .zarr) or a quoted glob 'in/*.mat'")
     p.add_argument("output", help="output file, or a folder for a batch")
@@ -364,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_run)
 
+
+def _add_simulate(sub, optics):
+    """The ``simulate`` command: write a synthetic bead volume."""
     p = sub.add_parser("simulate", help="write a synthetic bead volume, its target, truth table and PSF")
     p.add_argument("output")
     p.add_argument("--shape", nargs=3, type=int, default=(32, 256, 256), metavar=("Z", "Y", "X"))
@@ -371,10 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-beads", type=int, default=None, help="beads inside the stack (default: from --density)")
     p.add_argument("--density", type=float, default=0.02, help="beads per cubic micrometre")
     p.add_argument("--flux", type=float, default=3000.0, help="median photons per bead")
-    p.add_argument("--na", type=float, default=DEFAULT_OPTICS["na"])
-    p.add_argument("--wavelength", type=float, default=DEFAULT_OPTICS["wavelength"],
+    p.add_argument("--na", type=float, default=optics["na"])
+    p.add_argument("--wavelength", type=float, default=optics["wavelength"],
                    help="emission wavelength in micrometres")
-    p.add_argument("--immersion", type=float, default=DEFAULT_OPTICS["n_immersion"],
+    p.add_argument("--immersion", type=float, default=optics["n_immersion"],
                    help="immersion refractive index")
     p.add_argument("--ambient", type=float, default=20.0, help="mean ambient glow (photons per voxel)")
     p.add_argument("--offset", type=float, default=100.0, help="camera offset (counts)")
@@ -386,19 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_simulate)
 
+
+def _add_psf(sub, optics):
+    """The ``psf`` command: estimate a PSF."""
     p = sub.add_parser("psf", help="estimate the PSF from the beads of a volume")
     p.add_argument("input")
     p.add_argument("output", help="PSF file (.tif)")
     _volume_opts(p)
     p.add_argument("--model", choices=("gaussian", "widefield"), default=None,
                    help="fit a model to the measured average")
-    p.add_argument("--wavelength", type=float, default=DEFAULT_OPTICS["wavelength"])
-    p.add_argument("--immersion", type=float, default=DEFAULT_OPTICS["n_immersion"])
+    p.add_argument("--wavelength", type=float, default=optics["wavelength"])
+    p.add_argument("--immersion", type=float, default=optics["n_immersion"])
     p.add_argument("--figure", help="PSF figure (.png; default next to the output)")
     p.add_argument("--overwrite", action="store_true")
     _common(p)
     p.set_defaults(func=cmd_psf)
 
+
+def _add_train(sub, optics):
+    """The ``train`` command: train or adapt the refiner."""
     p = sub.add_parser("train", help="train the refiner on simulated beads, or adapt it to a microscope")
     p.add_argument("output", help="checkpoint path stem (writes OUTPUT.pt and OUTPUT.json)")
     # unset options take restore3d.refiner.training.train.TrainConfig's defaults (the shipped recipe)
@@ -424,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_demo(sub, optics):
+    """The ``demo`` command: the built-in demo."""
     p = sub.add_parser("demo", help="simulate a typical volume, restore it, write results and a figure "
                                     "(the demo's own files in FOLDER are replaced)")
     p.add_argument("folder", nargs="?", default="restore3d-demo")
@@ -432,6 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     _common(p)
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``restore3d`` command line: one sub-command per job."""
+    from ._version import __version__
+    from .optics import DEFAULT_OPTICS
+    parser = argparse.ArgumentParser(prog="restore3d", description=(
+        "Restore 3D bead volumes: remove ambient light and axial stretching."))
+    parser.add_argument("--version", action="version", version=f"restore3d {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_simulate, _add_psf, _add_train, _add_demo):
+        add(sub, DEFAULT_OPTICS)
     return parser
 
 

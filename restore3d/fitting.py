@@ -291,6 +291,94 @@ def _half_window(psf, spacing, window_um):
     return np.clip(half, 2, np.asarray(psf.shape) // 2 + 1)
 
 
+def _initial_fluxes(vol, pos, half):
+    """Starting flux of each bead: its window's sum above the window's median (at least its peak)."""
+    shape = np.asarray(vol.shape)
+    flux0 = np.empty(len(pos))
+    for i, q in enumerate(pos):
+        c = np.clip(np.round(q).astype(int), 0, shape - 1)
+        sl = tuple(slice(max(0, ci - hh), ci + hh + 1) for ci, hh in zip(c, half))
+        win = vol[sl]
+        flux0[i] = max(float(win.sum() - np.median(win) * win.size), float(win.max()) * 1.0, 1e-3)
+    return flux0
+
+
+def _fit_round(vol, model, pos, flux0, half, v0, max_iterations, max_group, residual_threshold):
+    """Fit every group of nearby beads jointly (batched by group size).
+
+    Returns the fitted rows (dict of arrays: pos, flux, background, sigma
+    (z, y, x, flux), deviance, group, significance) and the beads the
+    residual asks for: (voxel, flux estimate) where a window's normalised
+    residual exceeds ``residual_threshold`` and its group has room.
+    """
+    groups = [g[:max_group] for g in _groups(pos, half)]
+    fitted_pos, fitted_f, fitted_b, sig, devs, gid = [], [], [], [], [], []
+    additions = []
+    by_size = {}
+    for g in groups:
+        by_size.setdefault(len(g), []).append(g)
+    for _, gs in sorted(by_size.items()):
+        for start in range(0, len(gs), 256):
+            chunk = gs[start:start + 256]
+            batch = _Batch(vol, chunk, pos, flux0, half, v0)
+            bounds = (batch.lo[:, None, :] - 0.5, batch.hi[:, None, :] + 0.5)
+            mu, s, dev = _fit(batch, model, max_iterations, bounds)
+            resid = (batch.y - mu) / np.sqrt(np.maximum(mu + v0, 1e-9)) * batch.mask
+            for i, g in enumerate(chunk):
+                n = len(g)
+                for j in range(n):
+                    fitted_pos.append(batch.p[i, j])
+                    fitted_f.append(batch.f[i, j])
+                    fitted_b.append(batch.b[i])
+                    sig.append(s[i, j])
+                    devs.append(dev[i])
+                    gid.append(len(gid) and (gid[-1] + (j == 0)) or 0)
+                worst = int(np.argmax(resid[i]))
+                if resid[i, worst] > residual_threshold and n < max_group:
+                    additions.append((batch.coords[i, :, worst].astype(float),
+                                      float(resid[i, worst]) * np.sqrt(max(mu[i, worst] + v0, 1.0))))
+    sig = np.array(sig).reshape(-1, 4)
+    flux = np.array(fitted_f)
+    rows = {"pos": np.array(fitted_pos).reshape(-1, 3), "flux": flux, "background": np.array(fitted_b),
+            "sigma": sig, "deviance": np.array(devs), "group": np.array(gid),
+            "significance": flux / np.maximum(sig[:, 3], 1e-12)}
+    return rows, additions
+
+
+def _bead_table(vol, rows, keep, h, spacing, half, saturation):
+    """The kept fits as a bead table, with edge, saturated and merged (closer than a FWHM) flags."""
+    shape = np.asarray(vol.shape)
+    res = fwhm(h, spacing)
+    res = np.where(np.isfinite(res), res, np.asarray(spacing) * 2)
+    table = new_table(int(keep.sum()))
+    p = rows["pos"][keep]
+    sig = rows["sigma"][keep]
+    for a, ax in enumerate("zyx"):
+        table[ax] = p[:, a]
+        table[ax + "_um"] = p[:, a] * spacing[a]
+        table["sigma_" + ax + "_um"] = sig[:, a] * spacing[a]
+    table["flux"] = rows["flux"][keep]
+    table["background"] = rows["background"][keep]
+    table["sigma_flux"] = sig[:, 3]
+    table["score"] = rows["significance"][keep]
+    table["deviance"] = rows["deviance"][keep]
+    table["group"] = rows["group"][keep]
+    table["edge"] = np.any((p < half - 0.5) | (p > shape - 1 - half + 0.5), axis=1)
+    if len(table):
+        vmax = float(vol.max()) if saturation is None else float(saturation)
+        for i, q in enumerate(p):
+            c = np.clip(np.round(q).astype(int), 0, shape - 1)
+            sl = tuple(slice(max(0, ci - 1), ci + 2) for ci in c)
+            near = vol[sl]
+            table["saturated"][i] = (near.max() >= vmax) and (saturation is not None or
+                                                              np.count_nonzero(near >= vmax * (1 - 1e-6)) > 1)
+        # beads in the same window closer than a PSF FWHM are not resolved: flag them
+        tree = cKDTree(p * np.asarray(spacing) / res)
+        for i, j in tree.query_pairs(r=1.0):
+            table["merged"][i] = table["merged"][j] = True
+    return table
+
+
 def fit_beads(volume: np.ndarray, psf: np.ndarray, spacing: Sequence[float], *, candidates=None,
               window_um: Sequence[float] | None = None, read_noise: float = 0.0,
               variance_offset: float = 0.0, max_iterations: int = 30, min_significance: float = 3.0,
@@ -350,87 +438,23 @@ def fit_beads(volume: np.ndarray, psf: np.ndarray, spacing: Sequence[float], *, 
     if len(pos) == 0:
         return new_table(0)
     model = _PSFModel(h)
-    shape = np.asarray(vol.shape)
-    flux0 = np.empty(len(pos))
-    for i, q in enumerate(pos):
-        c = np.clip(np.round(q).astype(int), 0, shape - 1)
-        sl = tuple(slice(max(0, ci - hh), ci + hh + 1) for ci, hh in zip(c, half))
-        win = vol[sl]
-        flux0[i] = max(float(win.sum() - np.median(win) * win.size), float(win.max()) * 1.0, 1e-3)
+    flux0 = _initial_fluxes(vol, pos, half)
     rows = None
     for rnd in range(max(1, int(rounds))):
-        groups = _groups(pos, half)
-        groups = [g[:max_group] for g in groups]
-        fitted_pos, fitted_f, fitted_b, sig, devs, gid = [], [], [], [], [], []
-        additions = []
-        by_size = {}
-        for g in groups:
-            by_size.setdefault(len(g), []).append(g)
-        for _, gs in sorted(by_size.items()):
-            for start in range(0, len(gs), 256):
-                chunk = gs[start:start + 256]
-                batch = _Batch(vol, chunk, pos, flux0, half, v0)
-                bounds = (batch.lo[:, None, :] - 0.5, batch.hi[:, None, :] + 0.5)
-                mu, s, dev = _fit(batch, model, max_iterations, bounds)
-                resid = (batch.y - mu) / np.sqrt(np.maximum(mu + v0, 1e-9)) * batch.mask
-                for i, g in enumerate(chunk):
-                    n = len(g)
-                    for j in range(n):
-                        fitted_pos.append(batch.p[i, j])
-                        fitted_f.append(batch.f[i, j])
-                        fitted_b.append(batch.b[i])
-                        sig.append(s[i, j])
-                        devs.append(dev[i])
-                        gid.append(len(gid) and (gid[-1] + (j == 0)) or 0)
-                    # a new bead where the residual demands it
-                    worst = int(np.argmax(resid[i]))
-                    if rnd + 1 < rounds and resid[i, worst] > residual_threshold and n < max_group:
-                        additions.append((batch.coords[i, :, worst].astype(float),
-                                          float(resid[i, worst]) * np.sqrt(max(mu[i, worst] + v0, 1.0))))
-        fitted_pos = np.array(fitted_pos).reshape(-1, 3)
-        fitted_f = np.array(fitted_f)
-        sig = np.array(sig).reshape(-1, 4)
-        significance = fitted_f / np.maximum(sig[:, 3], 1e-12)
-        keep = significance >= min_significance
-        rows = (fitted_pos, fitted_f, np.array(fitted_b), sig, np.array(devs), np.array(gid), significance)
-        if rnd + 1 >= rounds or (keep.all() and not additions):
+        last = rnd + 1 >= rounds
+        rows, additions = _fit_round(vol, model, pos, flux0, half, v0, max_iterations, max_group,
+                                     residual_threshold if not last else np.inf)
+        keep = rows["significance"] >= min_significance
+        if last or (keep.all() and not additions):
             break
         # refit with insignificant beads dropped and residual beads added
-        pos = fitted_pos[keep]
-        flux0 = fitted_f[keep]
+        pos = rows["pos"][keep]
+        flux0 = rows["flux"][keep]
         if additions:
             pos = np.vstack([pos] + [a[0][None] for a in additions])
             flux0 = np.concatenate([flux0, [max(a[1] * 8.0, 1e-3) for a in additions]])
         if len(pos) == 0:
             return new_table(0)
-    fitted_pos, fitted_f, fitted_b, sig, devs, gid, significance = rows
-    keep = significance >= min_significance
-    # beads in the same window closer than a PSF FWHM are not resolved: flag them
-    res = fwhm(h, spacing)
-    res = np.where(np.isfinite(res), res, np.asarray(spacing) * 2)
-    table = new_table(int(keep.sum()))
-    p = fitted_pos[keep]
-    for a, ax in enumerate("zyx"):
-        table[ax] = p[:, a]
-        table[ax + "_um"] = p[:, a] * spacing[a]
-        table["sigma_" + ax + "_um"] = sig[keep, a] * spacing[a]
-    table["flux"] = fitted_f[keep]
-    table["background"] = fitted_b[keep]
-    table["sigma_flux"] = sig[keep, 3]
-    table["score"] = significance[keep]
-    table["deviance"] = devs[keep]
-    table["group"] = gid[keep]
-    table["edge"] = np.any((p < half - 0.5) | (p > shape - 1 - half + 0.5), axis=1)
-    if len(table):
-        vmax = float(vol.max()) if saturation is None else float(saturation)
-        for i, q in enumerate(p):
-            c = np.clip(np.round(q).astype(int), 0, shape - 1)
-            sl = tuple(slice(max(0, ci - 1), ci + 2) for ci in c)
-            near = vol[sl]
-            table["saturated"][i] = (near.max() >= vmax) and (saturation is not None or
-                                                              np.count_nonzero(near >= vmax * (1 - 1e-6)) > 1)
-        tree = cKDTree(p * np.asarray(spacing) / res)
-        for i, j in tree.query_pairs(r=1.0):
-            table["merged"][i] = table["merged"][j] = True
+    table = _bead_table(vol, rows, rows["significance"] >= min_significance, h, spacing, half, saturation)
     order = np.argsort(-table["score"], kind="stable")
     return table[order]

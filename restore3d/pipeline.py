@@ -21,6 +21,7 @@ import numpy as np
 
 from ._checks import as_device, as_rng, as_volume, check_restorable, check_voxel_spacing
 from ._files import atomic_write
+from ._stats import intensity_gain
 from ._version import __version__
 from .base import PASSTHROUGH, RunContext, Stage, stage_types
 
@@ -117,18 +118,6 @@ class Result:
         t = self.timings.get("total", float("nan"))
         return (f"Result(shape={self.volume.shape}, spacing={self.spacing}, "
                 f"psf={'yes' if self.psf is not None else 'no'}, total={t:.2f} s)")
-
-
-def _intensity_gain(vol) -> float:
-    """A power of two that brings a volume's values near 10^3 when they are extreme (exact in float32).
-
-    Stages guard divisions with small absolute floors; a volume in units that
-    make every value tiny (or huge) would meet them everywhere.
-    """
-    top = float(np.abs(vol).max())
-    if top == 0.0 or 1e-2 <= top <= 1e8:
-        return 1.0
-    return float(2.0 ** int(np.round(np.log2(1024.0 / top))))
 
 
 class Pipeline:
@@ -412,7 +401,7 @@ class Pipeline:
                 stage.validate()
         from .psf import given_psf
         psf_arr = given_psf(psf, volume_shape=vol.shape) if psf is not None else None
-        gain = _intensity_gain(vol) if rescale else 1.0
+        gain = intensity_gain(vol) if rescale else 1.0
         if gain != 1.0:
             ctx_logger = logger or log
             ctx_logger.info("volume values around %.3g: working on them times 2**%d, the result scaled back",

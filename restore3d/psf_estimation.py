@@ -289,22 +289,10 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
 
     if n_cand == 0:
         fail("no bead detected")
-    widths = np.stack([cands["fwhm_z"], cands["fwhm_y"], cands["fwhm_x"]], 1)
-    good_w = np.all(np.isfinite(widths), axis=1)
-    if not good_w.any():
+    half, core_half = _box_geometry(cands, spacing, vol.shape, half_size_um)
+    if half is None:
         rejected["unmeasurable"] = n_cand
         fail("no bead with a measurable width")
-    top = np.argsort(-cands["peak"] * good_w)[: max(5, min(20, good_w.sum()))]
-    top = top[good_w[top]]
-    w_med = np.median(widths[top], axis=0)  # um
-    if half_size_um is None:
-        lat = float(np.mean(w_med[1:]))
-        half_size_um = (2.5 * w_med[0], 4.0 * lat, 4.0 * lat)
-    half = np.maximum(1, np.round(np.asarray(half_size_um, float) / np.asarray(spacing)).astype(int))
-    half = np.minimum(half, (np.asarray(vol.shape) - 1) // 2)
-    # the core: +-0.75 FWHM around the centre; it must lie inside the volume
-    core_half = np.maximum(1.0, 0.75 * w_med / np.asarray(spacing))
-
     pos = np.stack([cands["z"], cands["y"], cands["x"]], 1)
     keep = _usable(vol, cands, everyone, pos, half, core_half, neighbour_fraction, saturation, rejected)
     idx = np.nonzero(keep)[0]
@@ -312,70 +300,17 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
     if len(idx) < max(1, min_beads):
         fail(f"{len(idx)} usable beads, {min_beads} needed")
 
-    splines = _Splines(vol, half)
+    stack = _BeadStack(_Splines(vol, half), _core_mask(half, core_half), local_background)
     centres = pos[idx].copy()
-    core = _core_mask(half, core_half)
-
-    def gather(centres, keys):
-        boxes, fluxes = [], []
-        for c, key in zip(centres, keys):
-            box = splines.box(key, c)
-            if local_background != "none":
-                faces = _faces(box)
-                level = (np.median(faces) if local_background == "median" else
-                         np.percentile(faces, 10)) if faces.size else 0.0
-                box = box - level
-            flux = np.nansum(box[core])
-            boxes.append(box / flux if flux > 0 else box * np.nan)
-            fluxes.append(flux)
-        return np.stack(boxes), np.asarray(fluxes)
-
-    def average(boxes, fluxes):
-        w = np.clip(fluxes, 0, None)[:, None, None, None] * np.isfinite(boxes)
-        vals = np.nan_to_num(boxes)
-        if len(boxes) >= 5:  # winsorise per voxel: robust to a bead with a hidden neighbour
-            lo, hi = _nan_percentiles(boxes, (10.0, 90.0))
-            vals = np.clip(vals, np.nan_to_num(lo), np.nan_to_num(hi))
-        wsum = w.sum(0)
-        return np.where(wsum > 0, (vals * w).sum(0) / np.maximum(wsum, 1e-30), 0.0)
-
-    boxes, fluxes = gather(centres, idx)
+    boxes, fluxes = stack.gather(centres, idx)
     good = fluxes > 0
     boxes, fluxes, centres, idx = boxes[good], fluxes[good], centres[good], idx[good]
     if len(idx) == 0:
         fail("no bead with positive flux after background removal")
-    avg = average(boxes, fluxes)
+    avg = _average(boxes, fluxes)
     for _ in range(int(refine)):
-        grad = np.gradient(avg)
-        shifts, scales = [], []
-        for box in boxes:
-            d, s = _register(box, avg, grad)
-            shifts.append(d)
-            scales.append(s)
-        shifts = np.clip(np.asarray(shifts), -1.0, 1.0)
-        centres = centres + shifts
-        boxes, fluxes = gather(centres, idx)
-        # beads far from the consensus shape are outliers (a hidden neighbour, a doublet)
-        with warnings.catch_warnings():  # a box with no positive flux is all-NaN: its residual is NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            resid = np.array([np.nanmean((b - avg) ** 2) for b in boxes])
-        ok = np.isfinite(resid) & (fluxes > 0)  # a bead shifted onto nothing is dropped
-        if ok.sum() >= 5:
-            med = np.median(resid[ok])
-            mad = mad_sigma(resid[ok], med) + 1e-30
-            ok &= resid <= med + 5 * mad
-        if ok.any() and not ok.all():
-            rejected["outlier"] += int((~ok).sum())
-            boxes, fluxes, centres, idx = boxes[ok], fluxes[ok], centres[ok], idx[ok]
-        avg = average(boxes, fluxes)
-    # centre the average on its peak with sub-voxel accuracy
-    peak = np.unravel_index(int(np.argmax(avg)), avg.shape)
-    lines = (avg[:, peak[1], peak[2]], avg[peak[0], :, peak[2]], avg[peak[0], peak[1], :])
-    sub = [profile_peak(line, p)[0] for line, p in zip(lines, peak)]
-    shift = np.asarray(half) - np.asarray(sub)
-    avg = ndimage.shift(avg, shift, order=3, mode="constant", cval=0.0)
-    avg = np.clip(avg, 0, None)
-    psf = (avg / avg.sum()).astype(np.float32)
+        avg, boxes, fluxes, centres, idx = _reregister(stack, avg, boxes, centres, idx, rejected)
+    psf = _centre_on_peak(avg, half)
     fit = None
     if model is not None:
         psf, fit = _fit_model(psf, spacing, model, model_params or {})
@@ -385,6 +320,95 @@ def estimate_psf(volume: np.ndarray, spacing: Sequence[float], *,
                          rejected=rejected, beads=used, model_fit=fit)
     log.info("%s", result.summary())
     return result if return_info else psf
+
+
+def _box_geometry(cands, spacing, shape, half_size_um):
+    """Half-size of the PSF box and of its core (voxels) from the brightest beads' widths.
+
+    The box reaches 2.5 axial and 4 lateral FWHM unless ``half_size_um`` is
+    given (capped so it fits the volume); the core, +-0.75 FWHM around the
+    centre, is where each bead's flux is measured. (None, None) when no
+    candidate has a measurable width.
+    """
+    widths = np.stack([cands["fwhm_z"], cands["fwhm_y"], cands["fwhm_x"]], 1)
+    good_w = np.all(np.isfinite(widths), axis=1)
+    if not good_w.any():
+        return None, None
+    top = np.argsort(-cands["peak"] * good_w)[: max(5, min(20, good_w.sum()))]
+    top = top[good_w[top]]
+    w_med = np.median(widths[top], axis=0)  # um
+    if half_size_um is None:
+        lat = float(np.mean(w_med[1:]))
+        half_size_um = (2.5 * w_med[0], 4.0 * lat, 4.0 * lat)
+    half = np.maximum(1, np.round(np.asarray(half_size_um, float) / np.asarray(spacing)).astype(int))
+    half = np.minimum(half, (np.asarray(shape) - 1) // 2)
+    core_half = np.maximum(1.0, 0.75 * w_med / np.asarray(spacing))
+    return half, core_half
+
+
+class _BeadStack:
+    """Cuts beads' boxes at sub-voxel centres, each minus its local level and divided by its core flux."""
+
+    def __init__(self, splines, core, local_background):
+        self.splines, self.core, self.local_background = splines, core, local_background
+
+    def gather(self, centres, keys):
+        """(boxes normalised to unit core flux, fluxes); a box without positive flux is NaN."""
+        boxes, fluxes = [], []
+        for c, key in zip(centres, keys):
+            box = self.splines.box(key, c)
+            if self.local_background != "none":
+                faces = _faces(box)
+                level = (np.median(faces) if self.local_background == "median" else
+                         np.percentile(faces, 10)) if faces.size else 0.0
+                box = box - level
+            flux = np.nansum(box[self.core])
+            boxes.append(box / flux if flux > 0 else box * np.nan)
+            fluxes.append(flux)
+        return np.stack(boxes), np.asarray(fluxes)
+
+
+def _average(boxes, fluxes):
+    """Flux-weighted mean of the boxes, winsorised per voxel (10-90 %) from five beads on."""
+    w = np.clip(fluxes, 0, None)[:, None, None, None] * np.isfinite(boxes)
+    vals = np.nan_to_num(boxes)
+    if len(boxes) >= 5:  # robust to a bead with a hidden neighbour
+        lo, hi = _nan_percentiles(boxes, (10.0, 90.0))
+        vals = np.clip(vals, np.nan_to_num(lo), np.nan_to_num(hi))
+    wsum = w.sum(0)
+    return np.where(wsum > 0, (vals * w).sum(0) / np.maximum(wsum, 1e-30), 0.0)
+
+
+def _reregister(stack, avg, boxes, centres, idx, rejected):
+    """One round: shift every bead onto the average (sub-voxel), drop outliers, average again."""
+    grad = np.gradient(avg)
+    shifts = np.clip(np.asarray([_register(box, avg, grad)[0] for box in boxes]), -1.0, 1.0)
+    centres = centres + shifts
+    boxes, fluxes = stack.gather(centres, idx)
+    # beads far from the consensus shape are outliers (a hidden neighbour, a doublet)
+    with warnings.catch_warnings():  # a box with no positive flux is all-NaN: its residual is NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        resid = np.array([np.nanmean((b - avg) ** 2) for b in boxes])
+    ok = np.isfinite(resid) & (fluxes > 0)  # a bead shifted onto nothing is dropped
+    if ok.sum() >= 5:
+        med = np.median(resid[ok])
+        mad = mad_sigma(resid[ok], med) + 1e-30
+        ok &= resid <= med + 5 * mad
+    if ok.any() and not ok.all():
+        rejected["outlier"] += int((~ok).sum())
+        boxes, fluxes, centres, idx = boxes[ok], fluxes[ok], centres[ok], idx[ok]
+    return _average(boxes, fluxes), boxes, fluxes, centres, idx
+
+
+def _centre_on_peak(avg, half):
+    """The average moved so that its peak (sub-voxel) sits on the box centre, clipped at 0, unit sum."""
+    peak = np.unravel_index(int(np.argmax(avg)), avg.shape)
+    lines = (avg[:, peak[1], peak[2]], avg[peak[0], :, peak[2]], avg[peak[0], peak[1], :])
+    sub = [profile_peak(line, p)[0] for line, p in zip(lines, peak)]
+    shift = np.asarray(half) - np.asarray(sub)
+    avg = ndimage.shift(avg, shift, order=3, mode="constant", cval=0.0)
+    avg = np.clip(avg, 0, None)
+    return (avg / avg.sum()).astype(np.float32)
 
 
 def _scaled_residual(model, target):

@@ -20,7 +20,7 @@ from ._checks import as_psf, as_rng, as_spacing
 from .optics import DEFAULT_OPTICS
 from .psf import fwhm, make_psf
 from .beads import BEAD_DTYPE as _BEADS
-from .beads import new_table
+from .beads import new_table, set_positions
 from .target import render_target
 
 __all__ = ["AmbientLight", "Detector", "Simulation", "simulate_beads", "render_target",
@@ -281,6 +281,26 @@ def _image_beads(positions, fluxes, psf, shape, spacing, bead_diameter, margins)
     return np.clip(image[sl], 0, None).astype(np.float32)
 
 
+def _bead_positions(rng, shape, spacing, margin_vox, n_beads, density, sep):
+    """Bead centres (N, 3) in voxels over the stack and its margins (beads outside still shine in).
+
+    ``n_beads`` puts exactly that many inside the stack and the margins at
+    the same density; otherwise a Poisson number at ``density`` per um^3.
+    """
+    low = -0.5 - margin_vox
+    high = np.asarray(shape) - 0.5 + margin_vox
+    vol_um3 = float(np.prod(np.asarray(shape) * spacing))
+    ext_um3 = float(np.prod((high - low) * spacing))
+    if n_beads is None:
+        return _draw_positions(rng, int(rng.poisson(density * ext_um3)), low, high, sep).reshape(-1, 3)
+    n_total = int(round(n_beads * ext_um3 / vol_um3))
+    inner = _draw_positions(rng, n_beads, [-0.5] * 3, np.asarray(shape) - 0.5, sep)
+    outer = _draw_positions(rng, 4 * max(n_total - n_beads, 0) + 4, low, high, None)
+    is_out = ~np.all((outer >= -0.5) & (outer < np.asarray(shape) - 0.5), axis=1)
+    outer = outer[is_out][:max(n_total - n_beads, 0)]
+    return (np.vstack([inner, outer]) if len(outer) else inner).reshape(-1, 3)
+
+
 def simulate_beads(shape: Sequence[int] = (32, 256, 256),
                    spacing: Sequence[float] = (0.3, 0.1, 0.1), *,
                    n_beads: int | None = None, density: float = 0.02,
@@ -384,32 +404,12 @@ def simulate_beads(shape: Sequence[int] = (32, 256, 256),
     else:
         margin_vox = np.ceil(np.asarray(as_spacing(margin, name="margin")) /
                              np.asarray(spacing)).astype(int)
-    low = -0.5 - margin_vox
-    high = np.asarray(shape) - 0.5 + margin_vox
-    vol_um3 = float(np.prod(np.asarray(shape) * spacing))
-    ext_um3 = float(np.prod((high - low) * spacing))
-    if n_beads is not None:
-        n_total = int(round(n_beads * ext_um3 / vol_um3))
-    else:
-        n_total = int(rng.poisson(density * ext_um3))
     sep = None if min_separation is None else min_separation / np.asarray(spacing)
-    if n_beads is not None:
-        # exactly n_beads inside the stack, the margins at the same density
-        inner = _draw_positions(rng, n_beads, [-0.5] * 3, np.asarray(shape) - 0.5, sep)
-        outer = _draw_positions(rng, 4 * max(n_total - n_beads, 0) + 4, low, high, None)
-        is_out = ~np.all((outer >= -0.5) & (outer < np.asarray(shape) - 0.5), axis=1)
-        outer = outer[is_out][:max(n_total - n_beads, 0)]
-        positions = np.vstack([inner, outer]) if len(outer) else inner
-    else:
-        positions = _draw_positions(rng, n_total, low, high, sep)
-    positions = positions.reshape(-1, 3)
+    positions = _bead_positions(rng, shape, spacing, margin_vox, n_beads, density, sep)
     fluxes = flux * np.exp(flux_spread * rng.standard_normal(len(positions)) - 0.5 * flux_spread ** 2) \
         if flux_spread > 0 else np.full(len(positions), float(flux))
-
     truth = new_table(len(positions))
-    for i, ax in enumerate("zyx"):
-        truth[ax] = positions[:, i]
-        truth[ax + "_um"] = positions[:, i] * spacing[i]
+    set_positions(truth, positions, spacing)
     truth["flux"] = fluxes
     truth["inside"] = np.all((positions >= -0.5) & (positions < np.asarray(shape) - 0.5), axis=1)
 

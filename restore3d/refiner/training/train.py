@@ -138,6 +138,86 @@ def _validate(model, pairs: list[Pair], loss_fn, device, precision="fp32"):
             "val_output_std": float(np.min(stds))}
 
 
+def _transforms(init, prefix, input_transform, output_transform, grid):
+    """The input/output transforms and working grid: the ``init`` checkpoint's, or "auto" resolved."""
+    if init is not None:
+        from ..checkpoint import read_meta
+        meta = read_meta(init)
+        return meta.get("input_transform"), meta.get("output_transform"), meta.get("grid")
+    if input_transform == "auto":
+        input_transform = None
+    if output_transform == "auto":
+        output_transform = "render" if len(prefix) else None
+    if grid == "auto":
+        grid = dict(DEFAULT_GRID) if output_transform == "render" else None
+    return input_transform, output_transform, grid
+
+
+def _batch_loss(model, loss_fn, batch, patch, rng, dev, precision, render):
+    """The loss of one batch of random patches, each pair weighted by ``1 / loss_scale``."""
+    import torch
+    xs, ys = zip(*(random_patch(p, patch, rng) for p in batch))
+    x = torch.from_numpy(np.stack(xs))[:, None].to(dev)
+    y = torch.from_numpy(np.stack(ys))[:, None].to(dev)
+    sigmas = np.stack([p.sigma for p in batch]) if render else None
+    with autocast(precision, dev):
+        pred = _forward(model, x, sigmas)
+    weight = torch.tensor([1.0 / p.loss_scale for p in batch], device=dev).view(-1, 1, 1, 1, 1)
+    return loss_fn(pred.float() * weight, y * weight)
+
+
+def _save_state(path, model, opt, rng, step, best, history, seconds):
+    """Everything needed to resume: weights, optimiser, step, best row, history, both RNGs."""
+    import torch
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "best": json.dumps(best), "history": json.dumps(history), "seconds": seconds,
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": json.dumps(rng.bit_generator.state)}, path)
+
+
+def _load_state(path, model, opt, rng):
+    """Restore :func:`_save_state`'s state; returns (step, best, history, seconds)."""
+    import torch
+    st = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    torch.set_rng_state(st["torch_rng"])
+    rng.bit_generator.state = json.loads(st["numpy_rng"])
+    step = int(st["step"])
+    log.info("resuming from step %d", step)
+    return step, (json.loads(st["best"]) if st["best"] else None), json.loads(st["history"]), float(st["seconds"])
+
+
+def _record_totals(ckpt, steps, seconds, history):
+    """Write the run's final totals and history next to the best checkpoint's metadata."""
+    m = json.loads(ckpt.read_text())
+    m["training"]["total_steps"] = steps
+    m["training"]["total_seconds"] = round(seconds, 1)
+    m["training"]["history"] = history
+    write_meta(ckpt, m)
+    return ckpt
+
+
+def _checkpoint_meta(input_transform, output_transform, grid, normalizer, prefix, ranges, config,
+                     command, dev, precision, init, init_meta):
+    """The checkpoint's metadata: how inputs and outputs are transformed, and the recipe that made it."""
+    import torch
+    return {
+        "input_transform": input_transform,
+        "output_transform": output_transform,
+        "grid": grid,
+        "normalization": normalizer.to_dict(),
+        "prefix": prefix.to_dict(),
+        "spacing_range": None if grid else {"dz": list(ranges.dz), "dxy": list(ranges.dxy)},
+        "simulation_ranges": ranges.to_dict(),
+        "loss": {"name": config.loss, "params": dict(config.loss_params)},
+        "training": {"config": config.to_dict(), "command": command, "device": dev.type,
+                     "precision": precision,
+                     "threads": torch.get_num_threads(), "init": None if init is None else str(init),
+                     "init_sha256": None if init_meta is None else init_meta.get("sha256")},
+    }
+
+
 def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig = UNetConfig(),
           normalizer: Normalizer | None = None, ranges: SimulationRanges = SimulationRanges(),
           prefix: Pipeline | None = None, init=None, resume: bool = False, device=None,
@@ -208,19 +288,7 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     prefix = classical_stages() if prefix is None else prefix
     if normalizer is None:
         normalizer = Normalizer(offset="zero" if len(prefix) else "median")
-    if init is not None:
-        from ..checkpoint import read_meta
-        init_meta = read_meta(init)
-        input_transform = init_meta.get("input_transform")
-        output_transform = init_meta.get("output_transform")
-        grid = init_meta.get("grid")
-    else:
-        if input_transform == "auto":
-            input_transform = None
-        if output_transform == "auto":
-            output_transform = "render" if len(prefix) else None
-        if grid == "auto":
-            grid = dict(DEFAULT_GRID) if output_transform == "render" else None
+    input_transform, output_transform, grid = _transforms(init, prefix, input_transform, output_transform, grid)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -249,32 +317,11 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     log_path = out.with_suffix(".log.jsonl")
     start_step, best, history, train_seconds = 0, None, [], 0.0
     if resume and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        start_step = int(st["step"])
-        best = json.loads(st["best"]) if st["best"] else None
-        history = json.loads(st["history"])
-        train_seconds = float(st["seconds"])
-        torch.set_rng_state(st["torch_rng"])
-        rng.bit_generator.state = json.loads(st["numpy_rng"])
-        log.info("resuming from step %d", start_step)
+        start_step, best, history, train_seconds = _load_state(state_path, model, opt, rng)
     elif log_path.exists():
         log_path.unlink()  # a fresh run over an old checkpoint: its log starts anew
-    meta = {
-        "input_transform": input_transform,
-        "output_transform": output_transform,
-        "grid": grid,
-        "normalization": normalizer.to_dict(),
-        "prefix": prefix.to_dict(),
-        "spacing_range": None if grid else {"dz": list(ranges.dz), "dxy": list(ranges.dxy)},
-        "simulation_ranges": ranges.to_dict(),
-        "loss": {"name": config.loss, "params": dict(config.loss_params)},
-        "training": {"config": config.to_dict(), "command": command, "device": dev.type,
-                     "precision": precision,
-                     "threads": torch.get_num_threads(), "init": None if init is None else str(init),
-                     "init_sha256": None if init_meta is None else init_meta.get("sha256")},
-    }
+    meta = _checkpoint_meta(input_transform, output_transform, grid, normalizer, prefix, ranges, config,
+                            command, dev, precision, init, init_meta)
     from tqdm.auto import tqdm
     bar = tqdm(total=config.steps, initial=start_step, desc="training", disable=not progress)
     stale = 0 if best is None else best.get("stale", 0)
@@ -282,18 +329,13 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
     t_start = time.perf_counter() - train_seconds
     running = []
     ckpt = None
+    # the loop reads better whole: schedule, step, validation, checkpoint and early stop
     while step < config.steps:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, config)
-        chosen = [pairs[int(rng.integers(len(pairs)))] for _ in range(config.batch)]
-        xs, ys = zip(*(random_patch(p, config.patch, rng) for p in chosen))
-        x = torch.from_numpy(np.stack(xs))[:, None].to(dev)
-        y = torch.from_numpy(np.stack(ys))[:, None].to(dev)
-        sigmas = None if output_transform is None else np.stack([p.sigma for p in chosen])
-        with autocast(precision, dev):
-            pred = _forward(model, x, sigmas)
-        weight = torch.tensor([1.0 / p.loss_scale for p in chosen], device=dev).view(-1, 1, 1, 1, 1)
-        loss = loss_fn(pred.float() * weight, y * weight)
+        batch = [pairs[int(rng.integers(len(pairs)))] for _ in range(config.batch)]
+        loss = _batch_loss(model, loss_fn, batch, config.patch, rng, dev, precision,
+                           output_transform is not None)
         if extra_loss is not None:
             with autocast(precision, dev):
                 loss = loss + extra_weight * extra_loss(model, rng, dev)
@@ -328,10 +370,7 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
             else:
                 stale += 1
             best["stale"] = stale
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                        "best": json.dumps(best), "history": json.dumps(history), "seconds": elapsed,
-                        "torch_rng": torch.get_rng_state(),
-                        "numpy_rng": json.dumps(rng.bit_generator.state)}, state_path)
+            _save_state(state_path, model, opt, rng, step, best, history, elapsed)
             if stale >= config.patience:
                 log.info("early stopping at step %d", step)
                 break
@@ -339,13 +378,6 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
                 break
     bar.close()
     seconds = time.perf_counter() - t_start
-    if ckpt is None:
-        ckpt = out.with_suffix(".json")
-    # record the final totals next to the best checkpoint
-    m = json.loads(ckpt.read_text())
-    m["training"]["total_steps"] = step
-    m["training"]["total_seconds"] = round(seconds, 1)
-    m["training"]["history"] = history
-    write_meta(ckpt, m)
+    ckpt = _record_totals(ckpt or out.with_suffix(".json"), step, seconds, history)
     return TrainResult(checkpoint=ckpt, steps=step, seconds=seconds, pool_seconds=pool_seconds,
                        best=best or {}, log=history)
