@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_fitting.py [--threads 2]
+    python benchmarks/bench_fitting.py [--threads 2]        # all tables
+    python benchmarks/bench_fitting.py scale                # FitBeads at 512^2 and on dim volumes
 """
 from __future__ import annotations
 
@@ -86,12 +87,76 @@ def comparison(seeds):
     return rows
 
 
+#: Dim simulations (as in bench_real.py): where detection, not fitting, decides what FitBeads keeps.
+DIM = {
+    "dim NA 1.4 oil into water, 0.3/0.1, 150 beads": dict(
+        spacing=(0.3, 0.1, 0.1), n_beads=150, flux=3000.0,
+        psf={"model": "widefield", "na": 1.4, "wavelength": 0.52, "n_immersion": 1.518, "n_sample": 1.333,
+             "depth": 5.0}),
+    "dim NA 0.8 air, 0.3/0.1, 220 beads": dict(
+        spacing=(0.3, 0.1, 0.1), n_beads=220, flux=5000.0,
+        psf={"model": "widefield", "na": 0.8, "wavelength": 0.6, "n_immersion": 1.0}),
+}
+
+
+def _peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def scale_table(work="/tmp/r3-scale"):
+    """FitBeads on the 34 x 512 x 512 crop of bench_scale's field (40 beads): seconds and peak RSS."""
+    from pathlib import Path
+    from bench_scale import FIELD, field
+    full = np.load(field(work), mmap_mode="r")
+    y0 = (full.shape[1] - 512) // 2
+    vol = np.ascontiguousarray(full[:, y0:y0 + 512, y0:y0 + 512]).astype(np.float32)
+    pipe = r3.Pipeline([r3.SubtractBackground(), r3.EstimatePSF(), r3.FitBeads()])
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    before = _peak_mb()
+    t0 = time.perf_counter()
+    res = pipe.run(vol, spacing=FIELD["spacing"], memory_budget=None)
+    dt = time.perf_counter() - t0
+    return [{"volume": "34 x 512 x 512 8-bit widefield, 40 beads", "seconds": dt,
+             "peak RSS MB": _peak_mb(), "RSS before MB": before, "beads fitted": len(res.beads),
+             "FitBeads s": res.timings.get("fit")}]
+
+
+def dim_ap_table():
+    rows = []
+    fit = r3.Pipeline([r3.SubtractBackground(), r3.EstimatePSF(), r3.FitBeads()])
+    for name, spec in DIM.items():
+        spec = dict(spec)
+        sp = spec.pop("spacing")
+        sim = simulate_beads((32, 256, 256), sp, seed=3, **spec)
+        for label, pipe in (("hybrid", r3.default_pipeline()), ("background -> PSF -> FitBeads", fit)):
+            t0 = time.perf_counter()
+            out = np.asarray(pipe.run(sim.raw, spacing=sp))
+            m = metrics.evaluate(out, target=sim.target, truth=sim.truth, spacing=sp)
+            rows.append({"volume": name, "pipeline": label, "ap": m["ap"], "f1": m["f1"],
+                         "seconds": time.perf_counter() - t0})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("what", nargs="?", default="all", choices=("all", "scale"))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}\n")
+    if args.what == "scale":
+        print("## FitBeads at 512^2 (peak RSS over the process, which holds torch)\n")
+        rows = scale_table()
+        print(table(rows, list(rows[0])))
+        print("\n## Detection on dim simulations (32 x 256 x 256, seed 3)\n")
+        print(table(dim_ap_table(), ["volume", "pipeline", "ap", "f1", "seconds"]))
+        return
     print("## Localisation of isolated beads vs the Cramer-Rao bound (default widefield PSF, "
           "flat 20-photon background, read noise 2)\n")
     print(table(crb_table(), ["flux (photons)", "beads", "lateral RMSE um", "lateral CRB um", "lateral ratio",

@@ -103,6 +103,12 @@ class Stage:
     """
 
     default_name: ClassVar[str] = ""
+    #: Working memory per voxel of the input (bytes) beyond the input and output volumes, measured on
+    #: 34 x 512 x 512 volumes; stages whose memory depends on more than the voxel count override
+    #: :meth:`memory_bytes`.
+    bytes_per_voxel: ClassVar[float] = 32.0
+    #: Whether the stage can run chunk-wise (:mod:`restore3d.chunked`).
+    chunkable: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -149,6 +155,14 @@ class Stage:
                     f"{type(self).__name__} has no parameter {key!r}; valid parameters: {valid}")
             setattr(self, key, value)
         return self.validate()
+
+    def memory_bytes(self, shape, spacing, psf=None) -> float:
+        """Working memory (bytes) this stage needs on a volume of ``shape``, beyond its input and output.
+
+        An estimate for the memory budget of :meth:`Pipeline.run
+        <restore3d.pipeline.Pipeline.run>`; ``psf`` is the PSF when known.
+        """
+        return self.bytes_per_voxel * float(np.prod(shape))
 
     def halo(self, spacing, psf) -> tuple[int, int, int]:
         """Voxels of context this stage needs on each side of a chunk (z, y, x)."""

@@ -33,7 +33,7 @@ def restore_file(in_path, out_path, pipeline_spec: dict, options: dict) -> dict:
             torch.set_num_threads(int(threads))
         restore(in_path, out_path, Pipeline.from_dict(pipeline_spec), axes=options.get("axes"),
                 variable=options.get("variable"), spacing=options.get("spacing"), device=options.get("device"),
-                seed=options.get("seed", 0))
+                seed=options.get("seed", 0), memory_budget=options.get("memory_budget", "auto"))
         return {"file": str(in_path), "output": str(out_path), "status": "ok",
                 "seconds": time.perf_counter() - t0}
     except Exception as exc:  # reported, the batch goes on
@@ -123,7 +123,9 @@ def run_batch(inputs, args, pipeline_spec) -> int:
     if out_dir.suffix and not out_dir.is_dir():
         print(f"restore3d: error: {out_dir}: for several inputs the output must be a folder", file=sys.stderr)
         return 2
-    options = {"axes": args.axes, "variable": args.variable, "spacing": args.spacing, "device": args.device}
+    from .files import cli_memory_budget
+    options = {"axes": args.axes, "variable": args.variable, "spacing": args.spacing, "device": args.device,
+               "memory_budget": cli_memory_budget(getattr(args, "memory_budget", None))}
     results = restore_files(inputs, out_dir, pipeline_spec, scheduler=args.scheduler, workers=args.workers,
                             overwrite=args.overwrite, options=options, progress=not args.quiet)
     ok = sum(r["status"] == "ok" for r in results)

@@ -22,7 +22,7 @@ from ._checks import MIN_SHAPE, as_device, as_rng, as_spacing, check_restorable,
 from ._stats import intensity_gain
 from .pipeline import PASSTHROUGH, Pipeline, RunContext
 
-__all__ = ["freeze_pipeline", "run_chunked", "pipeline_halo", "pipeline_alignment"]
+__all__ = ["freeze_pipeline", "run_chunked", "pipeline_halo", "pipeline_alignment", "plan_chunks"]
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,45 @@ def _round_up(values, grid):
     return tuple(int(-(-v // g) * g) for v, g in zip(values, grid))
 
 
+def plan_chunks(pipeline: Pipeline, shape, spacing, psf, halo, grid, budget_bytes: float) -> tuple:
+    """The largest chunks whose run, with their halo, fits ``budget_bytes`` (:meth:`Pipeline.memory_estimate`).
+
+    Chunks keep the whole depth while a lateral size of at least one halo
+    fits (the halo is recomputed for every chunk: the smaller the chunk,
+    the more of its work goes into it), are square laterally, on the
+    stages' grid. Each chunk is also held twice more by Dask (its block
+    with context and its result).
+    """
+    shape = tuple(int(n) for n in shape)
+
+    def need(c):
+        ext = [min(n, ci + 2 * h) for n, ci, h in zip(shape, c, halo)]
+        return pipeline.memory_estimate(ext, spacing, psf) + 2 * 4.0 * float(np.prod(ext))
+
+    floor = [max(m, h, g) for m, h, g in zip(MIN_SHAPE, halo, grid)]
+    lateral_floor = max(floor[1], floor[2])
+    cz = shape[0]
+    smallest = None
+    while True:
+        c = max(shape[1], shape[2])
+        while True:
+            chunk = _round_up((cz, min(c, shape[1]), min(c, shape[2])), grid)
+            if need(chunk) <= budget_bytes:
+                return tuple(min(a, n) for a, n in zip(chunk, shape))
+            smallest = chunk
+            if c <= lateral_floor:
+                break
+            c = max(lateral_floor, int(c * 0.8))
+        if cz <= floor[0]:
+            log.warning("no chunk fits the memory budget of %.2f GB: using %s (about %.2f GB)",
+                        budget_bytes / 1e9, smallest, need(smallest) / 1e9)
+            return tuple(min(a, n) for a, n in zip(smallest, shape))
+        cz = max(floor[0], cz // 2)
+
+
 def run_chunked(pipeline: Pipeline, volume, *, spacing: Sequence[float], chunks=(64, 256, 256),
-                psf=None, seed=0, device=None, sample_shape=(64, 256, 256), halo=None):
+                psf=None, seed=0, device=None, sample_shape=(64, 256, 256), halo=None,
+                memory_budget: float | None = None, return_context: bool = False):
     """Restore a large volume chunk-wise; returns a lazy dask array (float32, same shape).
 
     Parameters
@@ -88,15 +125,21 @@ def run_chunked(pipeline: Pipeline, volume, *, spacing: Sequence[float], chunks=
     pipeline : Pipeline
     volume : dask array, zarr array or ndarray, (Z, Y, X)
     spacing : (dz, dy, dx) micrometres
-    chunks : (cz, cy, cx)
+    chunks : (cz, cy, cx) or "auto"
         Chunk shape (the volume is rechunked to it, rounded up to the
-        stages' grid: wavelet blocks, network poolings).
+        stages' grid: wavelet blocks, network poolings); "auto": the
+        largest that fit ``memory_budget`` (:func:`plan_chunks`).
     psf : ndarray, optional
         A known PSF; else :class:`~restore3d.stages.EstimatePSF` measures it on the sample.
     sample_shape : (Z, Y, X)
         Central block on which global quantities are measured.
     halo : (hz, hy, hx), optional
         Override of the context per side (default :func:`pipeline_halo`).
+    memory_budget : float, optional
+        Bytes of working memory for one chunk's run (with ``chunks="auto"``).
+    return_context : bool
+        Also return the frozen run's :class:`~restore3d.base.RunContext`
+        (PSF, stage reports) and the plan (``{"chunks", "halo"}``).
 
     Examples
     --------
@@ -109,7 +152,10 @@ def run_chunked(pipeline: Pipeline, volume, *, spacing: Sequence[float], chunks=
     import dask.array as da
     spacing = check_voxel_spacing(spacing)
     device = as_device(device)
-    chunks = _positive_triple(chunks, "chunks")
+    auto = isinstance(chunks, str) and chunks == "auto"
+    if auto and (memory_budget is None or not memory_budget > 0):
+        raise ValueError(f"chunks='auto' needs a positive memory_budget (bytes), got {memory_budget!r}")
+    chunks = tuple(volume.shape) if auto else _positive_triple(chunks, "chunks")
     arr = volume if isinstance(volume, da.Array) else da.from_array(volume, chunks=chunks)
     if arr.ndim != 3:
         raise ValueError(f"volume must be 3D (z, y, x), got shape {arr.shape}")
@@ -123,6 +169,8 @@ def run_chunked(pipeline: Pipeline, volume, *, spacing: Sequence[float], chunks=
         halo = pipeline_halo(frozen, spacing, ctx.psf)
     # halos on the stages' grid: every chunk then sees the same wavelet blocks and poolings as the whole
     halo = _round_up(_positive_triple(halo, "halo", allow_zero=True), grid)
+    if auto:
+        chunks = plan_chunks(frozen, arr.shape, spacing, ctx.psf, halo, grid, float(memory_budget))
     # a chunk thinner than its halo would get less context than the stages need: enlarge it
     wanted = [max(c, h, m) for c, h, m in zip(chunks, halo, MIN_SHAPE)]
     final = tuple(min(c, n) for c, n in zip(_round_up(wanted, grid), arr.shape))
@@ -149,7 +197,11 @@ def run_chunked(pipeline: Pipeline, volume, *, spacing: Sequence[float], chunks=
         out = np.asarray(res, np.float32)[tuple(slice(0, n) for n in block.shape)]
         return out / np.float32(gain)
 
-    return arr.map_overlap(restore_block, depth=halo, boundary="none", dtype=np.float32, trim=True)
+    out = arr.map_overlap(restore_block, depth=halo, boundary="none", dtype=np.float32, trim=True)
+    if return_context:
+        return out, ctx, {"chunks": tuple(int(c) for c in arr.chunksize), "halo": tuple(halo),
+                          "n_chunks": int(np.prod(arr.numblocks))}
+    return out
 
 
 def _positive_triple(values, name, allow_zero=False):

@@ -102,10 +102,11 @@ def _pipeline(args):
 
 # ----------------------------------------------------------------------------- run
 def _restore_one(in_path, out_path, args, pipe, psf=None):
-    from .files import restore_file
+    from .files import cli_memory_budget, restore_file
     loaded, result = restore_file(in_path, out_path, pipe, axes=args.axes, variable=args.variable,
                                   spacing=args.spacing, psf=psf, device=args.device, progress=not args.quiet,
-                                  out_axes=args.out_axes, out_variable=args.out_variable)
+                                  out_axes=args.out_axes, out_variable=args.out_variable,
+                                  memory_budget=cli_memory_budget(args.memory_budget))
     return loaded.volume, loaded.spacing, result
 
 
@@ -122,6 +123,8 @@ def cmd_run(args):
                      ("--figure", args.figure), ("--psf", args.psf), ("--config", args.config)], in_path)
     from ._checks import as_device
     as_device(args.device)
+    if args.memory_budget is not None and not (np.isfinite(args.memory_budget) and args.memory_budget >= 0):
+        raise UserError(f"--memory-budget must be a number of GB >= 0 (0: never chunk), got {args.memory_budget}")
     if io.format_of(in_path) == "zarr" or args.chunks:
         return _run_chunked(in_path, out_path, args)
     for extra, suffix in ((args.save_psf, None), (args.beads, ".csv"), (args.figure, ".png")):
@@ -353,6 +356,9 @@ def _add_run(sub, optics):
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address for a batch")
     p.add_argument("--workers", type=int, default=None, help="local worker processes for a batch")
+    p.add_argument("--memory-budget", type=float, default=None, metavar="GB",
+                   help="working memory a run may use; above it the volume is restored chunk-wise "
+                        "(default: 3 GB, at most a third of this machine's memory; 0: never chunk)")
     p.add_argument("--chunks", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
                    help="process a large (e.g. .zarr) volume chunk-wise with this chunk shape")
     _common(p)

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import io
 
-__all__ = ["load_input", "save_output", "restore_file", "NO_SPACING"]
+__all__ = ["load_input", "save_output", "restore_file", "cli_memory_budget", "NO_SPACING"]
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,20 @@ def save_output(path, volume, loaded: io.LoadedVolume, source=None, *, axes=None
     return io.save(path, volume, spacing=loaded.spacing, axes=axes, variable=variable or "volume")
 
 
+def cli_memory_budget(value):
+    """The value of ``--memory-budget`` for :meth:`Pipeline.run`: unset -> "auto", 0 -> None (never chunk), else GB."""
+    if value is None:
+        return "auto"
+    return None if value == 0 else float(value)
+
+
 def restore_file(in_path, out_path, pipeline, *, axes=None, variable=None, spacing=None, psf=None,
-                 device=None, seed=0, progress=False, out_axes=None, out_variable=None):
+                 device=None, seed=0, progress=False, out_axes=None, out_variable=None, memory_budget="auto"):
     """Load ``in_path``, run ``pipeline`` on it, save to ``out_path``; returns ``(loaded, result)``.
 
-    A PSF larger than the volume is cropped around its centre first.
+    A PSF larger than the volume is cropped around its centre first;
+    ``memory_budget`` (GB, "auto" or None) as in :meth:`Pipeline.run
+    <restore3d.pipeline.Pipeline.run>`.
     """
     loaded = load_input(in_path, axes=axes, variable=variable, spacing=spacing)
     if psf is not None and np.any(np.asarray(np.shape(psf)) > np.asarray(loaded.volume.shape)):
@@ -64,7 +73,7 @@ def restore_file(in_path, out_path, pipeline, *, axes=None, variable=None, spaci
         psf = crop_psf(psf, loaded.volume.shape)
     t0 = time.perf_counter()
     result = pipeline.run(loaded.volume, spacing=loaded.spacing, psf=psf, device=device, seed=seed,
-                          progress=progress)
+                          progress=progress, memory_budget=memory_budget)
     save_output(out_path, np.asarray(result), loaded, in_path, axes=out_axes, variable=out_variable)
     log.info("%s -> %s in %.1f s (%s)", in_path, out_path, time.perf_counter() - t0,
              ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items() if k != "total"))

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
 import numpy as np
 
@@ -118,6 +118,34 @@ class Result:
         t = self.timings.get("total", float("nan"))
         return (f"Result(shape={self.volume.shape}, spacing={self.spacing}, "
                 f"psf={'yes' if self.psf is not None else 'no'}, total={t:.2f} s)")
+
+
+#: The memory budget's ceiling (GB of working memory) when ``memory_budget="auto"``.
+DEFAULT_MEMORY_BUDGET_GB = 3.0
+
+
+def default_memory_budget() -> float:
+    """The "auto" budget in GB: :data:`DEFAULT_MEMORY_BUDGET_GB`, at most a third of the machine's memory."""
+    import os
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (AttributeError, OSError, ValueError):  # not POSIX: the ceiling alone
+        return DEFAULT_MEMORY_BUDGET_GB
+    return float(min(DEFAULT_MEMORY_BUDGET_GB, total / 3.0)) if total > 0 else DEFAULT_MEMORY_BUDGET_GB
+
+
+def _budget_bytes(memory_budget) -> float | None:
+    """``memory_budget`` (GB, "auto" or None) in bytes, or None; ``ValueError`` for anything else."""
+    if memory_budget is None:
+        return None
+    if isinstance(memory_budget, str):
+        if memory_budget != "auto":
+            raise ValueError(f"memory_budget must be a number of GB, 'auto' or None, got {memory_budget!r}")
+        return default_memory_budget() * 1e9
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(memory_budget) or memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of GB, 'auto' or None, got {memory_budget!r}")
+    return float(memory_budget) * 1e9
 
 
 class Pipeline:
@@ -337,9 +365,20 @@ class Pipeline:
             raise ValueError(f"{path}: {exc}") from exc
 
     # ------------------------------------------------------------------ running
+    def memory_estimate(self, shape, spacing, psf=None) -> float:
+        """Working memory (bytes) a whole-volume run on ``shape`` needs beyond the volume it is given.
+
+        The run's own float32 copies (its working volume, the stage output,
+        the background-free volume kept for the refiner's self-check) plus
+        the largest stage's :meth:`~restore3d.base.Stage.memory_bytes`.
+        """
+        voxels = float(np.prod(shape))
+        stages = [s for _, s in self.steps if s != PASSTHROUGH]
+        return 3 * 4.0 * voxels + max([s.memory_bytes(shape, spacing, psf) for s in stages] or [0.0])
+
     def run(self, volume, *, spacing, psf=None, seed=0, device: str | None = None,
             progress: bool = False, logger: logging.Logger | None = None, keep=(),
-            rescale: bool = True) -> Result:
+            rescale: bool = True, memory_budget: float | str | None = "auto") -> Result:
         """Restore one volume.
 
         Parameters
@@ -364,6 +403,14 @@ class Pipeline:
         rescale : bool
             Work on a volume of extreme values times a power of two (see
             Notes); chunk-wise runs fix that scale once for all chunks.
+        memory_budget : float, "auto" or None
+            Gigabytes of working memory the run may use beyond the volume it
+            is given. When :meth:`memory_estimate` exceeds it, the volume is
+            restored chunk-wise (:func:`restore3d.chunked.run_chunked`, the
+            PSF and other global quantities measured once on a central
+            block, chunks sized to the budget; the same result away from
+            chunk borders) and one log line says so. "auto":
+            :func:`default_memory_budget`; None: never chunk.
 
         Returns
         -------
@@ -387,6 +434,26 @@ class Pipeline:
         matter; stage reports in ``Result.info`` are then in the scaled units
         (``info["intensity_gain"]`` says by how much).
         """
+        steps = self.run_steps(volume, spacing=spacing, psf=psf, seed=seed, device=device, progress=progress,
+                               logger=logger, keep=keep, rescale=rescale, memory_budget=memory_budget)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def run_steps(self, volume, *, spacing, psf=None, seed=0, device: str | None = None,
+                  progress: bool = False, logger: logging.Logger | None = None, keep=(),
+                  rescale: bool = True, memory_budget: float | str | None = "auto"
+                  ) -> Generator[tuple[str, int, int], None, Result]:
+        """:meth:`run` one step at a time: a generator that yields ``(step name, index, count)`` before each step.
+
+        The generator's return value (``StopIteration.value``) is the
+        :class:`Result`. Everything is checked on the first ``next()``,
+        before any work; closing the generator between steps stops the run
+        there (how a viewer cancels it). A chunk-wise run (over the memory
+        budget) yields nothing. Parameters as in :meth:`run`.
+        """
         vol = as_volume(volume, copy=True)
         check_restorable(vol.shape)
         sp = check_voxel_spacing(spacing)
@@ -401,6 +468,14 @@ class Pipeline:
                 stage.validate()
         from .psf import given_psf
         psf_arr = given_psf(psf, volume_shape=vol.shape) if psf is not None else None
+        budget = _budget_bytes(memory_budget)
+        if budget is not None:
+            need = self.memory_estimate(vol.shape, sp, psf_arr)
+            if need > budget:
+                chunked = self._run_within_budget(vol, sp, psf_arr, rng, device, budget, need, keep,
+                                                  logger or log)
+                if chunked is not None:
+                    return chunked
         gain = intensity_gain(vol) if rescale else 1.0
         if gain != 1.0:
             ctx_logger = logger or log
@@ -412,9 +487,9 @@ class Pipeline:
                          device=device, progress=progress, psf_given=psf_arr is not None)
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        for name, stage in self.steps:
-            if stage == PASSTHROUGH:
-                continue
+        active = [(name, stage) for name, stage in self.steps if stage != PASSTHROUGH]
+        for index, (name, stage) in enumerate(active):
+            yield name, index, len(active)
             t0 = time.perf_counter()
             ctx.step = name
             out = stage(vol, ctx)
@@ -438,3 +513,32 @@ class Pipeline:
         ctx.info["history"] = list(ctx.history)
         return Result(vol, spacing=sp, psf=ctx.psf, timings=timings, beads=ctx.beads,
                       pipeline=self.to_dict(), info=ctx.info, intermediates=kept)
+
+    def _run_within_budget(self, vol, spacing, psf, rng, device, budget, need, keep, logger):
+        """The run chunk-wise within ``budget`` bytes; None (and a warning) when it cannot be chunked."""
+        blocked = [type(s).__name__ for _, s in self.steps if s != PASSTHROUGH and not s.chunkable]
+        if blocked or keep:
+            logger.warning("this run needs about %.1f GB, above the memory budget of %.1f GB, but %s: "
+                           "running it whole (raise memory_budget / --memory-budget to silence this)",
+                           need / 1e9, budget / 1e9,
+                           f"{blocked} cannot run chunk-wise" if blocked else "intermediates were asked for")
+            return None
+        import dask
+        import dask.array as da
+
+        from .chunked import run_chunked
+        start = time.perf_counter()
+        # the run's input copy and its output stay whole: the chunks share what is left
+        lazy, ctx, plan = run_chunked(self, vol, spacing=spacing, chunks="auto", psf=psf, seed=rng, device=device,
+                                      memory_budget=max(budget - 4.0 * vol.size, 0.25 * budget),
+                                      return_context=True)
+        logger.info("the volume %s needs about %.1f GB whole, above the memory budget of %.1f GB: "
+                    "restoring it in chunks of %s with %s voxels of context", vol.shape, need / 1e9, budget / 1e9,
+                    plan["chunks"], plan["halo"])
+        out = np.empty(vol.shape, np.float32)
+        with dask.config.set(scheduler="synchronous"):
+            da.store(lazy, out, lock=False)
+        ctx.info["chunked"] = {**plan, "estimate_gb": need / 1e9, "budget_gb": budget / 1e9}
+        ctx.info["history"] = list(ctx.history)
+        return Result(out, spacing=spacing, psf=ctx.psf, timings={"total": time.perf_counter() - start},
+                      beads=None, pipeline=self.to_dict(), info=ctx.info, intermediates={})

@@ -80,8 +80,15 @@ class SelfCheck:
 
 
 def _fft_convolve(volume, psf):
-    from scipy.signal import fftconvolve
-    return fftconvolve(volume, psf, mode="same").astype(np.float32)
+    """``volume * psf`` of the volume's shape (the PSF's centre on each voxel), zero outside, float32."""
+    from scipy import fft as sfft
+    full = [n + k - 1 for n, k in zip(volume.shape, psf.shape)]
+    fast = [sfft.next_fast_len(n, real=True) for n in full]
+    spectrum = sfft.rfftn(np.asarray(volume, np.float32), fast, workers=-1)
+    spectrum *= sfft.rfftn(np.asarray(psf, np.float32), fast, workers=-1)
+    out = sfft.irfftn(spectrum, fast, workers=-1)
+    return np.ascontiguousarray(out[tuple(slice((k - 1) // 2, (k - 1) // 2 + n)
+                                          for n, k in zip(volume.shape, psf.shape))], dtype=np.float32)
 
 
 def check_restoration(restored: np.ndarray, data: np.ndarray, psf: np.ndarray, spacing: Sequence[float], *,

@@ -425,6 +425,7 @@ CLI_CASES = [
     ("device tpu0", ["OUT", "--device", "tpu0"], "must be 'cpu', 'cuda' or 'cuda:N'"),
     ("chunks zero", ["OUT", "--chunks", "0", "16", "16"], ">= 1"),
     ("chunks negative", ["OUT", "--chunks", "-8", "16", "16"], ">= 1"),
+    ("memory budget negative", ["OUT", "--memory-budget", "-1"], "--memory-budget must be"),
     ("spacing in pixels", ["OUT", "--spacing", "100", "100", "100"], "not a light microscope's voxel size"),
     ("missing folder", ["NOPE/out.tif"], "does not exist"),
     ("output is a folder", ["DIR/x.tif/"], "does not exist|is a folder"),

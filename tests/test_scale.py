@@ -99,3 +99,51 @@ def test_batch_on_local_cluster_with_a_corrupt_file(tmp_path):
     assert vol.shape == (12, 48, 48) and np.allclose(sp, SP)
     r = _cli("run", f"{src}/*.tif", out, "--config", cfg, "--workers", 1, "--quiet")
     assert r.returncode == 3 and "0 restored, 3 skipped" in r.stdout
+
+
+def test_memory_budget_runs_chunked_with_the_same_result(sim, caplog):
+    """Above its memory budget a run goes chunk-wise by itself, says so once, and matches the whole run."""
+    pipe = r3.default_pipeline(refiner=False)
+    whole = pipe.run(sim.raw, spacing=sim.spacing, memory_budget=None)
+    need = pipe.memory_estimate(sim.raw.shape, sim.spacing)
+    with caplog.at_level("INFO", logger="restore3d.pipeline"):
+        res = pipe.run(sim.raw, spacing=sim.spacing, memory_budget=0.6 * need / 1e9)
+    plan = res.info["chunked"]
+    assert plan["n_chunks"] > 1
+    assert sum("restoring it in chunks" in r.message for r in caplog.records) == 1
+    assert res.psf is not None and res.volume.shape == sim.raw.shape
+    top = float(whole.volume.max())
+    inner = (slice(2, -2), slice(16, -16), slice(16, -16))
+    assert float(np.abs(res.volume - whole.volume)[inner].max()) < 0.02 * top
+    # within its budget (the default, a few GB) the same run stays whole
+    assert "chunked" not in pipe.run(sim.raw, spacing=sim.spacing).info
+
+
+def test_memory_budget_cannot_chunk_fit_beads(sim, caplog):
+    """FitBeads cannot run chunk-wise: over budget the run stays whole and warns."""
+    pipe = r3.Pipeline([r3.SubtractBackground(), r3.EstimatePSF(), r3.FitBeads()])
+    with caplog.at_level("WARNING", logger="restore3d.pipeline"):
+        res = pipe.run(sim.raw, spacing=sim.spacing, memory_budget=0.01)
+    assert "chunked" not in res.info and res.beads is not None
+    assert any("cannot run chunk-wise" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "lots", True])
+def test_memory_budget_rejects_bad_values(sim, bad):
+    with pytest.raises(ValueError, match="memory_budget must be"):
+        r3.default_pipeline(refiner=False).run(sim.raw, spacing=sim.spacing, memory_budget=bad)
+
+
+def test_plan_chunks_fits_the_budget(sim):
+    """Planned chunks fit the budget when a chunk of one halo can; smaller budgets give smaller chunks."""
+    from restore3d.chunked import plan_chunks
+    pipe = r3.default_pipeline(refiner=False)
+    shape, halo, grid = (64, 1024, 1024), (10, 32, 32), (1, 16, 16)
+    sizes = []
+    for gb in (4.0, 1.0, 0.3):
+        c = plan_chunks(pipe, shape, sim.spacing, sim.psf, halo, grid, gb * 1e9)
+        ext = [min(n, a + 2 * h) for n, a, h in zip(shape, c, halo)]
+        assert pipe.memory_estimate(ext, sim.spacing, sim.psf) + 8.0 * np.prod(ext) <= gb * 1e9
+        assert all(a % g == 0 or a == n for a, g, n in zip(c, grid, shape))
+        sizes.append(np.prod(c))
+    assert sizes[0] > sizes[1] > sizes[2]

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from .normalize import Normalizer
-from .tiling import blend_weight, pad_to_multiple, tiles
+from .tiling import blend_weight, pad_to_multiple, plan_tile_shape, tiles
 
 __all__ = ["predict", "refine", "resample_spacing", "working_grid_of"]
 
@@ -24,7 +24,7 @@ def resample_spacing(spacing, spacing_range):
     return tuple(float(np.clip(s, a, b)) for s, a, b in zip(spacing, lo, hi))
 
 
-def _network_pass(model, vol, *, device, tile_shape, ramp, progress, precision="fp32"):
+def _network_pass(model, vol, *, device, tile_shape, max_voxels, ramp, progress, precision="fp32"):
     import torch
     from tqdm.auto import tqdm
 
@@ -34,9 +34,11 @@ def _network_pass(model, vol, *, device, tile_shape, ramp, progress, precision="
     pad = pad_to_multiple(vol.shape, mult)
     padded = np.pad(vol, pad, mode="reflect") if any(p[1] for p in pad) else vol
     halo = cfg.receptive_halo()
+    overlap = tuple(2 * h + ramp for h in halo)
+    if tile_shape is None:
+        tile_shape = plan_tile_shape(padded.shape, max_voxels, overlap, mult)
     tile_shape = tuple(min(int(t), n) if t else n for t, n in zip(tile_shape, padded.shape))
     tile_shape = tuple(n if t >= n else max(m, t // m * m) for t, n, m in zip(tile_shape, padded.shape, mult))
-    overlap = tuple(2 * h + ramp for h in halo)
     all_tiles = tiles(padded.shape, tile_shape, overlap, mult)
     out = np.zeros(padded.shape, np.float32)
     weight = np.zeros(padded.shape, np.float32) if len(all_tiles) > 1 else None
@@ -61,17 +63,20 @@ def _network_pass(model, vol, *, device, tile_shape, ramp, progress, precision="
 
 
 def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: Normalizer,
-            spacing_range: dict | None = None, device=None, tile_shape=(0, 128, 128),
-            max_voxels: int = 8_000_000, ramp: int = 8, progress: bool = False,
+            spacing_range: dict | None = None, device=None, tile_shape=None,
+            max_voxels: int = 4_000_000, ramp: int = 8, progress: bool = False,
             stats: tuple | None = None, precision: str = "fp32") -> np.ndarray:
     """Run a refiner network on a (z, y, x) volume.
 
     The volume is normalised once (never per tile), resampled to the nearest
     spacing of the training range when outside it (and the result back, flux
     kept), and processed whole when it has at most ``max_voxels`` voxels,
-    else in overlapping tiles of ``tile_shape`` (0 = the whole axis) blended
-    with smooth windows that ignore each tile's padded margins, so the
-    result equals the whole-volume prediction. ``stats`` = ``(offset,
+    else in overlapping tiles blended with smooth windows that ignore each
+    tile's padded margins, so the result equals the whole-volume
+    prediction. The tiles are ``tile_shape`` (0 = the whole axis) or, when
+    None, the fewest voxels in all with at most ``max_voxels`` per tile
+    (:func:`restore3d.refiner.tiling.plan_tile_shape`); the network's memory
+    grows with the tile (about 300 bytes per voxel for the shipped one). ``stats`` = ``(offset,
     scale)`` fixes the normalisation (chunks of a large volume).
     ``precision`` ("fp32", "bf16" or "auto") sets the autocast precision.
 
@@ -95,9 +100,12 @@ def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: 
     norm = (work - off) / np.float32(scale)
     if work.size <= max_voxels:
         tile_shape = (0, 0, 0)
+    if tile_shape is not None and len(tile_shape) != 3:
+        raise ValueError(f"tile_shape must be (Z, Y, X) or None, got {tile_shape!r}")
     model = model.to(dev).eval()
     from .precision import resolve_precision
-    out = _network_pass(model, norm.astype(np.float32), device=dev, tile_shape=tile_shape, ramp=ramp,
+    out = _network_pass(model, norm.astype(np.float32), device=dev, tile_shape=tile_shape,
+                        max_voxels=max_voxels, ramp=ramp,
                         progress=progress, precision=resolve_precision(precision, dev)) * np.float32(scale)
     if resample:
         back = ndimage.zoom(out, np.asarray(vol.shape) / np.asarray(out.shape), order=1, mode="nearest",
@@ -125,7 +133,7 @@ def working_grid_of(meta: dict, shape, spacing, psf):
 
 
 def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, psf=None, device=None,
-           tile_shape=(0, 128, 128), max_voxels: int = 8_000_000, intensity=None, precision: str = "auto",
+           tile_shape=None, max_voxels: int = 4_000_000, intensity=None, precision: str = "auto",
            progress: bool = False) -> np.ndarray:
     """Apply a refiner network to the output of its preceding stages.
 
@@ -168,4 +176,5 @@ def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, p
                   stats=None if intensity is None else tuple(intensity), precision=precision)
     if grid is not None:
         out = grid.object_to_source(out)
-    return apply_output_transform(out, spacing, meta.get("output_transform"), psf)
+    return apply_output_transform(out, spacing, meta.get("output_transform"), psf,
+                                  work_spacing=None if grid is None else grid.spacing)
