@@ -38,12 +38,14 @@ def main():
     ap.add_argument("--precision", default="auto")
     add_range_option(ap)
     ap.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
+    ap.add_argument("--validation", type=int, default=8, help="fixed validation volumes")
+    ap.add_argument("--patience", type=int, default=10, help="epochs (100 steps) without a better validation loss")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = ({"weight": args.weight, "tau": args.tau, "dilate": args.dilate}
               if args.loss in ("imbalanced", "combined") else {})
     cfg = TrainConfig(steps=args.steps, pool=args.pool, loss=args.loss, loss_params=params, seed=args.seed,
-                      epoch_steps=100, patience=10, validation=8, precision=args.precision,
+                      epoch_steps=100, patience=args.patience, validation=args.validation, precision=args.precision,
                       time_limit=None if args.minutes is None else 60 * args.minutes)
     command = "python benchmarks/train_refiner.py " + " ".join(sys.argv[1:])
     t0 = time.perf_counter()

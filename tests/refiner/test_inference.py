@@ -41,6 +41,22 @@ def test_tiled_equals_whole(norm):
     np.testing.assert_allclose(tiled, whole, atol=1e-5 * float(whole.max()))
 
 
+def test_planned_tiles_stay_under_the_budget_and_equal_whole():
+    """Automatic tiles: none above max_voxels, fewer voxels in all than fixed small tiles, the whole result."""
+    from restore3d.refiner.tiling import plan_tile_shape, tiles
+    for shape in ((36, 512, 512), (72, 1024, 1024), (12, 150, 130)):
+        t = plan_tile_shape(shape, 2_000_000, (32, 48, 48), (2, 4, 4))
+        assert np.prod(t) <= 2_000_000 or np.prod(shape) <= 2_000_000
+        covered = len(tiles(shape, t, (32, 48, 48), (2, 4, 4))) * np.prod(t)
+        fixed = len(tiles(shape, (shape[0], 128, 128), (32, 48, 48), (2, 4, 4))) * shape[0] * 128 * 128
+        assert covered <= fixed
+    model = random_model(norm="batch")
+    vol = np.random.default_rng(1).random((12, 150, 130)).astype(np.float32)
+    whole = predict(model, vol, SP, normalizer=Normalizer(), device="cpu")
+    tiled = predict(model, vol, SP, normalizer=Normalizer(), device="cpu", max_voxels=100_000)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5 * float(whole.max()))
+
+
 def test_out_of_range_spacing_is_resampled():
     """A spacing outside the training range is resampled in and out; flux is kept."""
     model = build_model(UNetConfig(base_channels=4)).eval()  # identity network
@@ -81,3 +97,34 @@ def test_target_blur_input_transform():
     assert apply_input_transform(vol, SP, None, None) is vol
     with pytest.raises(ValueError, match="needs the PSF of the preceding stages"):
         apply_input_transform(vol, SP, "target_blur", None)
+
+
+def test_render_grid_kernel_gives_the_target_width_on_average():
+    """A point held by two voxels (t, 1 - t) rendered with render_sigma has the target's variance on average."""
+    from scipy import ndimage
+
+    from restore3d.refiner.transforms import apply_output_transform, render_sigma
+    from restore3d.target import target_sigma
+    h = 0.15  # um per working voxel: two voxels per FWHM of 0.3 um
+    sig_t = float(target_sigma((h,) * 3, 0.3)[0])
+    sig_r = float(render_sigma(0.3, (h,) * 3, (h,) * 3)[0])
+    assert sig_r < sig_t
+    x = np.arange(64, dtype=float)
+    variances = []
+    for t in np.linspace(0.0, 1.0, 41):
+        line = np.zeros(64)
+        line[32], line[33] = 1.0 - t, t
+        blurred = ndimage.gaussian_filter1d(line, sig_r, mode="constant", truncate=8.0)
+        mean = (x * blurred).sum() / blurred.sum()
+        variances.append(((x - mean) ** 2 * blurred).sum() / blurred.sum())
+    assert np.mean(variances) == pytest.approx(sig_t ** 2, rel=0.02)
+    # at least half the target's sigma however coarse the grid
+    assert render_sigma(0.3, (1.0,) * 3, (1.0,) * 3)[0] == pytest.approx(0.5 * target_sigma((1.0,) * 3, 0.3)[0])
+    from restore3d.psf import gaussian_psf
+    psf = gaussian_psf(SP, fwhm_lateral=0.3, fwhm_axial=0.9)
+    vol = np.zeros((24, 48, 48), np.float32)
+    vol[12, 24, 24] = 10.0
+    out = apply_output_transform(vol, SP, "render_grid", psf, work_spacing=(0.15, 0.15, 0.15))
+    assert out.sum() == pytest.approx(10.0, rel=1e-3)
+    with pytest.raises(ValueError, match="unknown output transform"):
+        apply_output_transform(vol, SP, "splat", psf)

@@ -11,6 +11,7 @@ from ...background import estimate_background, estimate_noise
 from ...detect import detect_beads
 from ...pipeline import Pipeline
 from ...psf_estimation import estimate_psf
+from ..transforms import RENDERING
 from .data import SimulationRanges
 
 __all__ = ["measure_microscope", "adapt_refiner"]
@@ -101,9 +102,10 @@ def adapt_refiner(refiner, volume, spacing, *, minutes, steps, pool, out, seed, 
         out = Path(tempfile.mkdtemp(prefix="restore3d-adapted-")) / "adapted"
         log.info("adapted refiner written to %s (pass out= to keep it elsewhere)", out)
     extra = None
-    if consistency > 0 and meta.get("output_transform") == "render" and res.psf is not None and bg_steps:
+    if consistency > 0 and meta.get("output_transform") in RENDERING and res.psf is not None and bg_steps:
         extra = ConsistencyLoss(np.asarray(res), res.intermediates[bg_steps[0]], res.psf, spacing,
-                                normalizer_of(meta), multiple=model.config.multiple)
+                                normalizer_of(meta), multiple=model.config.multiple,
+                                output_transform=meta["output_transform"])
     result = train(out, config=cfg, normalizer=normalizer_of(meta), ranges=ranges, prefix=prefix,
                    init=refiner.checkpoint_path, device=device, progress=progress, extra_loss=extra,
                    extra_weight=consistency,

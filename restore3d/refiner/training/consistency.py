@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...target import target_blur, target_sigma, lateral_fwhm
+from ...target import lateral_fwhm, target_blur, target_sigma
+from ..transforms import render_sigma
 
 __all__ = ["ConsistencyLoss"]
 
@@ -40,10 +41,13 @@ class ConsistencyLoss:
     weight, tau : float
         Bead voxels (blurred data above ``tau`` of the patch maximum) count
         ``weight`` times, as in :func:`restore3d.refiner.losses.imbalanced_loss`.
+    output_transform : "render" or "render_grid"
+        The refiner's (:mod:`restore3d.refiner.transforms`): the kernel
+        rendered after the network.
     """
 
     def __init__(self, rl, data, psf, spacing, normalizer, *, patch=(48, 64, 64), multiple=(2, 4, 4),
-                 weight: float = 100.0, tau: float = 0.01):
+                 weight: float = 100.0, tau: float = 0.01, output_transform: str = "render"):
         self.weight, self.tau = float(weight), float(tau)
         fw = lateral_fwhm(psf, spacing)
         off, scale = normalizer.stats(rl)
@@ -51,7 +55,8 @@ class ConsistencyLoss:
         blurred = target_blur(data, spacing, fw)
         blurred -= np.median(blurred)  # the data's floor: clipped noise, residual glow
         self.target = (blurred / scale).astype(np.float32)
-        self.sigma = target_sigma(spacing, fw)
+        self.sigma = (target_sigma(spacing, fw) if output_transform == "render"
+                      else render_sigma(fw, spacing, spacing))
         self.psf = np.asarray(psf, np.float32)
         self.border = tuple(max(1, p // 4) for p in self.psf.shape)
         want = [max(p, int(1.5 * q)) for p, q in zip(patch, self.psf.shape)]

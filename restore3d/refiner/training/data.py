@@ -22,7 +22,7 @@ from ...simulate import AmbientLight, Detector, simulate_beads
 from ...target import lateral_fwhm, render_target, target_sigma
 from ..normalize import Normalizer
 from ..grid import working_grid
-from ..transforms import apply_input_transform
+from ..transforms import OUTPUT_TRANSFORMS, RENDERING, apply_input_transform, render_sigma
 
 __all__ = ["SimulationRanges", "Pair", "make_pair", "make_pairs", "random_patch", "IMMERSION"]
 
@@ -285,7 +285,7 @@ def make_pair(ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer
     else:
         inp = apply_input_transform(sim.raw, sim.spacing, input_transform, sim.psf)
     target, sigma, spacing, truth = sim.target, None, sim.spacing, sim.truth
-    if output_transform == "render":
+    if output_transform in RENDERING:
         fw = lateral_fwhm(psf, sim.spacing)
         light = float(sim.params["detector"]["gain"]) * _box_share(sim.psf, psf.shape)
         shape = sim.raw.shape
@@ -301,9 +301,9 @@ def make_pair(ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer
             light /= g.volume_ratio  # the working grid holds source light per source voxel
         target = render_target(truth, shape, spacing, fwhm_um=fw,
                                bead_diameter=0.0 if estimated else kwargs["bead_diameter"]) * np.float32(light)
-        sigma = target_sigma(spacing, fw)
+        sigma = target_sigma(spacing, fw) if output_transform == "render" else render_sigma(fw, spacing, spacing)
     elif output_transform is not None:
-        raise ValueError(f"unknown output transform {output_transform!r}; expected None or 'render'")
+        raise ValueError(f"unknown output transform {output_transform!r}; expected one of {OUTPUT_TRANSFORMS}")
     off, scale = normalizer.stats(inp)
     target = (target / scale).astype(np.float32)
     return Pair(input=((inp - off) / scale).astype(np.float32), target=target, spacing=spacing, scale=scale,

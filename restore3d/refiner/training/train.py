@@ -18,7 +18,7 @@ from .losses import make_loss
 from ..model import UNetConfig, build_model
 from ..normalize import Normalizer
 from ..precision import autocast, resolve_precision
-from ..transforms import render_torch
+from ..transforms import RENDERING, render_torch
 
 __all__ = ["TrainConfig", "train", "TrainResult", "DEFAULT_GRID"]
 
@@ -147,9 +147,9 @@ def _transforms(init, prefix, input_transform, output_transform, grid):
     if input_transform == "auto":
         input_transform = None
     if output_transform == "auto":
-        output_transform = "render" if len(prefix) else None
+        output_transform = "render_grid" if len(prefix) else None
     if grid == "auto":
-        grid = dict(DEFAULT_GRID) if output_transform == "render" else None
+        grid = dict(DEFAULT_GRID) if output_transform in RENDERING else None
     return input_transform, output_transform, grid
 
 
@@ -259,10 +259,11 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
         How the preceding stages' output becomes the network input
         (:func:`restore3d.refiner.transforms.apply_input_transform`); "auto"
         is None. Kept by ``init`` when fine-tuning.
-    output_transform : "auto", None or "render"
+    output_transform : "auto", None, "render" or "render_grid"
         ``"render"``: the network predicts the bead object and the target's
-        isotropic Gaussian is rendered after it
-        (:mod:`restore3d.refiner.transforms`); "auto" is "render" after
+        isotropic Gaussian is rendered after it; ``"render_grid"``: the
+        same, the kernel narrowed by the working grid's own blur
+        (:mod:`restore3d.refiner.transforms`); "auto" is "render_grid" after
         classical stages, None for raw input. Kept by ``init``.
     grid : "auto", dict or None
         The working grid (:func:`restore3d.refiner.grid.working_grid`
