@@ -14,15 +14,17 @@ with the chunk size and the number of workers, not with the volume.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Sequence
 
 import numpy as np
 
 from ._checks import MIN_SHAPE, as_device, as_rng, as_spacing, check_restorable, check_voxel_spacing
 from ._stats import intensity_gain
-from .pipeline import PASSTHROUGH, Pipeline, RunContext
+from .pipeline import PASSTHROUGH, Pipeline, Result, RunContext
 
-__all__ = ["freeze_pipeline", "run_chunked", "pipeline_halo", "pipeline_alignment", "plan_chunks"]
+__all__ = ["freeze_pipeline", "run_chunked", "pipeline_halo", "pipeline_alignment", "plan_chunks",
+           "run_within_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -213,3 +215,32 @@ def _positive_triple(values, name, allow_zero=False):
     if len(vals) != 3 or any(v < low for v in vals) or any(float(v) != float(w) for v, w in zip(vals, values)):
         raise ValueError(f"{name} must be three whole numbers >= {low} (z, y, x), got {tuple(values)!r}")
     return vals
+
+
+def run_within_budget(pipeline: Pipeline, vol, spacing, psf, rng, device, budget, need, keep, logger):
+    """``pipeline`` run on ``vol`` chunk-wise within ``budget`` bytes (a :class:`Result`); None, with a warning,
+    when a stage cannot run chunk-wise or intermediates were asked for (the caller then runs it whole)."""
+    blocked = [type(s).__name__ for _, s in pipeline.steps if s != PASSTHROUGH and not s.chunkable]
+    if blocked or keep:
+        logger.warning("this run needs about %.1f GB, above the memory budget of %.1f GB, but %s: "
+                       "running it whole (raise memory_budget / --memory-budget to silence this)",
+                       need / 1e9, budget / 1e9,
+                       f"{blocked} cannot run chunk-wise" if blocked else "intermediates were asked for")
+        return None
+    import dask
+    import dask.array as da
+    start = time.perf_counter()
+    # the run's input copy and its output stay whole: the chunks share what is left
+    lazy, ctx, plan = run_chunked(pipeline, vol, spacing=spacing, chunks="auto", psf=psf, seed=rng, device=device,
+                                  memory_budget=max(budget - 4.0 * vol.size, 0.25 * budget),
+                                  return_context=True)
+    logger.info("the volume %s needs about %.1f GB whole, above the memory budget of %.1f GB: "
+                "restoring it in chunks of %s with %s voxels of context", vol.shape, need / 1e9, budget / 1e9,
+                plan["chunks"], plan["halo"])
+    out = np.empty(vol.shape, np.float32)
+    with dask.config.set(scheduler="synchronous"):
+        da.store(lazy, out, lock=False)
+    ctx.info["chunked"] = {**plan, "estimate_gb": need / 1e9, "budget_gb": budget / 1e9}
+    ctx.info["history"] = list(ctx.history)
+    return Result(out, spacing=spacing, psf=ctx.psf, timings={"total": time.perf_counter() - start},
+                  beads=None, pipeline=pipeline.to_dict(), info=ctx.info, intermediates={})

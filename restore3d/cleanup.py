@@ -3,7 +3,7 @@
 After deconvolution and the refiner, a restored bead volume can keep small
 isolated specks of amplified noise in the background: on the dense default
 simulations, thousands of components of ~5 voxels at 4-18 % of the median
-bead peak, where the ideal volume is zero (benchmarks/RESULTS.md, section 5).
+bead peak, where the ideal volume is zero (`bench_specks.py`, benchmarks/RESULTS.md).
 A bead, even a faint one, carries far more light than such a speck: this
 module drops the connected components whose integrated intensity is a small
 fraction of a typical bead's.
@@ -120,7 +120,7 @@ def remove_specks(volume: np.ndarray, *, threshold: float = 0.02, min_fraction: 
         are removed. The default, 0.05, removed the specks of the dense
         default simulations without changing the detection AP there or on
         the acceptance settings; 0.1 started to remove faint beads
-        (benchmarks/RESULTS.md, section 5).
+        (`bench_specks.py`, benchmarks/RESULTS.md).
     scale, reference : float, optional
         The typical bead peak and integrated intensity; measured on the
         volume when not given (:func:`speck_reference`). Fixed values make

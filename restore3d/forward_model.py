@@ -149,7 +149,7 @@ class ForwardModel:
         A pruned inverse FFT: after the inverse transform along z only D's
         planes go on to the transform along y, and only D's rows to the real
         transform along x, so the inverse does about the share of the work
-        that D fills of the grid (benchmarks/RESULTS.md, section 4).
+        that D fills of the grid (the RL speed table of benchmarks/RESULTS.md).
         """
         torch = self.torch
         if self.shape == self.grid:  # nothing to prune (periodic boundary)

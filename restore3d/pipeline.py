@@ -22,6 +22,7 @@ import numpy as np
 from ._checks import as_device, as_rng, as_volume, check_restorable, check_voxel_spacing
 from ._files import atomic_write
 from ._stats import intensity_gain
+from .memory import budget_bytes
 from ._version import __version__
 from .base import PASSTHROUGH, RunContext, Stage, stage_types
 
@@ -118,35 +119,6 @@ class Result:
         t = self.timings.get("total", float("nan"))
         return (f"Result(shape={self.volume.shape}, spacing={self.spacing}, "
                 f"psf={'yes' if self.psf is not None else 'no'}, total={t:.2f} s)")
-
-
-#: The memory budget's ceiling (GB of working memory) when ``memory_budget="auto"``.
-DEFAULT_MEMORY_BUDGET_GB = 3.0
-
-
-def default_memory_budget() -> float:
-    """The "auto" budget in GB: :data:`DEFAULT_MEMORY_BUDGET_GB`, at most a third of the machine's memory."""
-    import os
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    except (AttributeError, OSError, ValueError):  # not POSIX: the ceiling alone
-        return DEFAULT_MEMORY_BUDGET_GB
-    return float(min(DEFAULT_MEMORY_BUDGET_GB, total / 3.0)) if total > 0 else DEFAULT_MEMORY_BUDGET_GB
-
-
-def _budget_bytes(memory_budget) -> float | None:
-    """``memory_budget`` (GB, "auto" or None) in bytes, or None; ``ValueError`` for anything else."""
-    if memory_budget is None:
-        return None
-    if isinstance(memory_budget, str):
-        if memory_budget != "auto":
-            raise ValueError(f"memory_budget must be a number of GB, 'auto' or None, got {memory_budget!r}")
-        return default_memory_budget() * 1e9
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(memory_budget) or memory_budget <= 0:
-        raise ValueError(f"memory_budget must be a positive number of GB, 'auto' or None, got {memory_budget!r}")
-    return float(memory_budget) * 1e9
-
 
 class Pipeline:
     """A chain of named restoration stages.
@@ -410,7 +382,7 @@ class Pipeline:
             PSF and other global quantities measured once on a central
             block, chunks sized to the budget; the same result away from
             chunk borders) and one log line says so. "auto":
-            :func:`default_memory_budget`; None: never chunk.
+            :func:`restore3d.memory.default_memory_budget`; None: never chunk.
 
         Returns
         -------
@@ -468,12 +440,12 @@ class Pipeline:
                 stage.validate()
         from .psf import given_psf
         psf_arr = given_psf(psf, volume_shape=vol.shape) if psf is not None else None
-        budget = _budget_bytes(memory_budget)
+        budget = budget_bytes(memory_budget)
         if budget is not None:
             need = self.memory_estimate(vol.shape, sp, psf_arr)
             if need > budget:
-                chunked = self._run_within_budget(vol, sp, psf_arr, rng, device, budget, need, keep,
-                                                  logger or log)
+                from .chunked import run_within_budget
+                chunked = run_within_budget(self, vol, sp, psf_arr, rng, device, budget, need, keep, logger or log)
                 if chunked is not None:
                     return chunked
         gain = intensity_gain(vol) if rescale else 1.0
@@ -513,32 +485,3 @@ class Pipeline:
         ctx.info["history"] = list(ctx.history)
         return Result(vol, spacing=sp, psf=ctx.psf, timings=timings, beads=ctx.beads,
                       pipeline=self.to_dict(), info=ctx.info, intermediates=kept)
-
-    def _run_within_budget(self, vol, spacing, psf, rng, device, budget, need, keep, logger):
-        """The run chunk-wise within ``budget`` bytes; None (and a warning) when it cannot be chunked."""
-        blocked = [type(s).__name__ for _, s in self.steps if s != PASSTHROUGH and not s.chunkable]
-        if blocked or keep:
-            logger.warning("this run needs about %.1f GB, above the memory budget of %.1f GB, but %s: "
-                           "running it whole (raise memory_budget / --memory-budget to silence this)",
-                           need / 1e9, budget / 1e9,
-                           f"{blocked} cannot run chunk-wise" if blocked else "intermediates were asked for")
-            return None
-        import dask
-        import dask.array as da
-
-        from .chunked import run_chunked
-        start = time.perf_counter()
-        # the run's input copy and its output stay whole: the chunks share what is left
-        lazy, ctx, plan = run_chunked(self, vol, spacing=spacing, chunks="auto", psf=psf, seed=rng, device=device,
-                                      memory_budget=max(budget - 4.0 * vol.size, 0.25 * budget),
-                                      return_context=True)
-        logger.info("the volume %s needs about %.1f GB whole, above the memory budget of %.1f GB: "
-                    "restoring it in chunks of %s with %s voxels of context", vol.shape, need / 1e9, budget / 1e9,
-                    plan["chunks"], plan["halo"])
-        out = np.empty(vol.shape, np.float32)
-        with dask.config.set(scheduler="synchronous"):
-            da.store(lazy, out, lock=False)
-        ctx.info["chunked"] = {**plan, "estimate_gb": need / 1e9, "budget_gb": budget / 1e9}
-        ctx.info["history"] = list(ctx.history)
-        return Result(out, spacing=spacing, psf=ctx.psf, timings={"total": time.perf_counter() - start},
-                      beads=None, pipeline=self.to_dict(), info=ctx.info, intermediates={})

@@ -413,8 +413,9 @@ def prepare_psf(measured: np.ndarray, *, shape: Sequence[int] | None = None,
     On simulated measurements of the benchmarks' PSFs (``bench_refiner.py``,
     100 photons of background, 5000 photons at the peak) ``denoise=2`` cuts
     the L1 error of a strongly aberrated NA 1.4 PSF (31 x 129 x 129) from
-    0.76 to 0.28 and leaves compact PSFs as good or better (0.235 -> 0.215);
-    benchmarks/RESULTS.md, section 2.
+    0.76 to 0.28 and leaves compact PSFs as good or better (0.235 -> 0.215)
+    (measured when this option was added; see the history of
+    benchmarks/RESULTS.md).
     """
     arr = np.asarray(measured, dtype=np.float64)
     if arr.ndim != 3:

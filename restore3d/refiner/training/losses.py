@@ -21,7 +21,7 @@ def imbalanced_loss(pred, target, *, tau: float = 0.01, weight: float = 100.0, d
     maximum taken per sample), grown by ``dilate`` voxels along every axis
     (a cube of side ``2 * dilate + 1``). The original project used
     ``tau = 0.1, weight = 1000, dilate = 0``. Our defaults won the loss
-    ablation (benchmarks/RESULTS.md, section 3, same budget for every
+    ablation (benchmarks/RESULTS.md, the same budget for every
     variant). ``weight``: with 1 (plain L1) the network collapsed to a black
     output, with 10 the beads stayed longer and the NRMSE higher, with 1000
     it left background around the beads; plain MSE lost faint beads.
