@@ -87,16 +87,8 @@ def comparison(seeds):
     return rows
 
 
-#: Dim simulations (as in bench_real.py): where detection, not fitting, decides what FitBeads keeps.
-DIM = {
-    "dim NA 1.4 oil into water, 0.3/0.1, 150 beads": dict(
-        spacing=(0.3, 0.1, 0.1), n_beads=150, flux=3000.0,
-        psf={"model": "widefield", "na": 1.4, "wavelength": 0.52, "n_immersion": 1.518, "n_sample": 1.333,
-             "depth": 5.0}),
-    "dim NA 0.8 air, 0.3/0.1, 220 beads": dict(
-        spacing=(0.3, 0.1, 0.1), n_beads=220, flux=5000.0,
-        psf={"model": "widefield", "na": 0.8, "wavelength": 0.6, "n_immersion": 1.0}),
-}
+#: The dim simulations of bench_real.py: where detection, not fitting, decides what FitBeads keeps.
+DIM = ("sim dim NA 1.4 oil into water, 0.3/0.1", "sim dim NA 0.8 air, 0.3/0.1")
 
 
 def _peak_mb():
@@ -130,8 +122,9 @@ def scale_table(work="/tmp/r3-scale"):
 def dim_ap_table():
     rows = []
     fit = r3.Pipeline([r3.SubtractBackground(), r3.EstimatePSF(), r3.FitBeads()])
-    for name, spec in DIM.items():
-        spec = dict(spec)
+    from bench_real import SIMULATED
+    for name in DIM:
+        spec = dict(SIMULATED[name])
         sp = spec.pop("spacing")
         sim = simulate_beads((32, 256, 256), sp, seed=3, **spec)
         for label, pipe in (("hybrid", r3.default_pipeline()), ("background -> PSF -> FitBeads", fit)):

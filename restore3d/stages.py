@@ -315,11 +315,18 @@ class FitBeads(Stage):
     ----------
     read_noise, min_significance, max_group, window_um
         As in :func:`~restore3d.fitting.fit_beads`.
-    detect_on : {"volume", "deconvolved"}
-        Find the starting positions on the volume itself or on
-        ``detect_iterations`` Richardson-Lucy iterations of it (separates
-        close beads better).
+    detect_on : {"deconvolved", "volume"}
+        Find the starting positions on ``detect_iterations``
+        Richardson-Lucy iterations of the volume (default: separates close
+        beads and lifts dim ones) or on the volume itself.
     detect_iterations : int
+    detect_snr : float
+        Candidates are maxima this many noise standard deviations above the
+        measured noise floor (:func:`~restore3d.detect.detect_beads`); low,
+        because each fit's significance (``min_significance`` standard
+        errors of its flux) decides what is kept: on dim simulations 3
+        found 85-93 % of the beads where the detection's own default (6)
+        found 61-67 %, at the same precision (benchmarks/RESULTS.md).
     fwhm_um : float, optional
         FWHM of the rendered beads; default the PSF's lateral FWHM.
     """
@@ -328,14 +335,15 @@ class FitBeads(Stage):
     chunkable = False
 
     def __init__(self, *, read_noise: float = 0.0, min_significance: float = 3.0, max_group: int = 6,
-                 window_um=None, detect_on: str = "volume", detect_iterations: int = 10,
-                 fwhm_um: float | None = None, psf=None):
+                 window_um=None, detect_on: str = "deconvolved", detect_iterations: int = 10,
+                 detect_snr: float = 3.0, fwhm_um: float | None = None, psf=None):
         self.read_noise = read_noise
         self.detect_iterations = detect_iterations
         self.min_significance = min_significance
         self.max_group = max_group
         self.window_um = window_um
         self.detect_on = detect_on
+        self.detect_snr = detect_snr
         self.fwhm_um = fwhm_um
         self.psf = psf
 
@@ -349,7 +357,7 @@ class FitBeads(Stage):
         variance = ctx.noise_sigma ** 2 if ctx.noise_sigma is not None else 0.0
         probe = volume if self.detect_on == "volume" else richardson_lucy(
             volume, psf, iterations=self.detect_iterations, device=ctx.device)
-        candidates = detect_beads(probe, ctx.spacing, measure=False)
+        candidates = detect_beads(probe, ctx.spacing, snr=self.detect_snr, measure=False)
         table = fit_beads(volume, psf, ctx.spacing, candidates=candidates, read_noise=self.read_noise,
                           variance_offset=max(variance - self.read_noise ** 2, 0.0),
                           min_significance=self.min_significance, max_group=self.max_group,
