@@ -24,7 +24,7 @@ from ._stats import intensity_gain
 from .pipeline import PASSTHROUGH, Pipeline, Result, RunContext
 
 __all__ = ["freeze_pipeline", "run_chunked", "pipeline_halo", "pipeline_alignment", "plan_chunks",
-           "run_within_budget"]
+           "chunk_blocker", "run_within_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -217,16 +217,16 @@ def _positive_triple(values, name, allow_zero=False):
     return vals
 
 
-def run_within_budget(pipeline: Pipeline, vol, spacing, psf, rng, device, budget, need, keep, logger):
-    """``pipeline`` run on ``vol`` chunk-wise within ``budget`` bytes (a :class:`Result`); None, with a warning,
-    when a stage cannot run chunk-wise or intermediates were asked for (the caller then runs it whole)."""
+def chunk_blocker(pipeline: Pipeline, keep=()) -> str | None:
+    """Why ``pipeline`` cannot run chunk-wise (a stage that cannot, intermediates asked for), or None."""
     blocked = [type(s).__name__ for _, s in pipeline.steps if s != PASSTHROUGH and not s.chunkable]
-    if blocked or keep:
-        logger.warning("this run needs about %.1f GB, above the memory budget of %.1f GB, but %s: "
-                       "running it whole (raise memory_budget / --memory-budget to silence this)",
-                       need / 1e9, budget / 1e9,
-                       f"{blocked} cannot run chunk-wise" if blocked else "intermediates were asked for")
-        return None
+    if blocked:
+        return f"{blocked} cannot run chunk-wise"
+    return "intermediates were asked for" if keep else None
+
+
+def run_within_budget(pipeline: Pipeline, vol, spacing, psf, rng, device, budget, need, logger) -> Result:
+    """``pipeline`` run on ``vol`` chunk-wise within ``budget`` bytes (see :func:`chunk_blocker` first)."""
     import dask
     import dask.array as da
     start = time.perf_counter()

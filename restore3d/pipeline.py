@@ -424,7 +424,8 @@ class Pipeline:
         :class:`Result`. Everything is checked on the first ``next()``,
         before any work; closing the generator between steps stops the run
         there (how a viewer cancels it). A chunk-wise run (over the memory
-        budget) yields nothing. Parameters as in :meth:`run`.
+        budget) yields once, ``("chunk-wise", 0, 1)``. Parameters as in
+        :meth:`run`.
         """
         vol = as_volume(volume, copy=True)
         check_restorable(vol.shape)
@@ -444,10 +445,14 @@ class Pipeline:
         if budget is not None:
             need = self.memory_estimate(vol.shape, sp, psf_arr)
             if need > budget:
-                from .chunked import run_within_budget
-                chunked = run_within_budget(self, vol, sp, psf_arr, rng, device, budget, need, keep, logger or log)
-                if chunked is not None:
-                    return chunked
+                from .chunked import chunk_blocker, run_within_budget
+                blocker = chunk_blocker(self, keep)
+                if blocker is None:
+                    yield "chunk-wise", 0, 1
+                    return run_within_budget(self, vol, sp, psf_arr, rng, device, budget, need, logger or log)
+                (logger or log).warning(
+                    "this run needs about %.1f GB, above the memory budget of %.1f GB, but %s: running it whole "
+                    "(raise memory_budget / --memory-budget to silence this)", need / 1e9, budget / 1e9, blocker)
         gain = intensity_gain(vol) if rescale else 1.0
         if gain != 1.0:
             ctx_logger = logger or log

@@ -149,7 +149,7 @@ class RestoreWidget(Container):
                 psf = np.asarray(self.viewer.layers[self.psf_layer.value].data)
             steps = restore_steps(np.asarray(layer.data), spacing, pipeline, psf=psf)
             first = next(steps)  # every check runs here, before any work and before the thread starts
-        except StopIteration as done:  # a chunk-wise run finished at once
+        except StopIteration as done:  # a pipeline without an active step finishes at once
             self._finish(done.value, name, pipeline)
             return
         except Exception as exc:
