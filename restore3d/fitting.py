@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 
 from ._checks import as_psf, as_spacing, as_volume
 from .detect import detect_beads, positions_of
-from .psf import fwhm
+from .psf import fwhm, resolution_um
 from .beads import BEAD_DTYPE, new_table
 
 __all__ = ["fit_beads", "FIT_DTYPE", "crlb"]
@@ -348,8 +348,7 @@ def _fit_round(vol, model, pos, flux0, half, v0, max_iterations, max_group, resi
 def _bead_table(vol, rows, keep, h, spacing, half, saturation):
     """The kept fits as a bead table, with edge, saturated and merged (closer than a FWHM) flags."""
     shape = np.asarray(vol.shape)
-    res = fwhm(h, spacing)
-    res = np.where(np.isfinite(res), res, np.asarray(spacing) * 2)
+    res = resolution_um(h, spacing)
     table = new_table(int(keep.sum()))
     p = rows["pos"][keep]
     sig = rows["sigma"][keep]

@@ -16,7 +16,7 @@ from ._checks import as_psf, as_spacing
 from ._profiles import FWHM_PER_SIGMA, profile_fwhm
 from .optics import DEFAULT_IMMERSION, DEFAULT_NA, DEFAULT_WAVELENGTH
 
-__all__ = ["gaussian_psf", "widefield_psf", "confocal_psf", "lightsheet_psf", "make_psf", "fwhm",
+__all__ = ["gaussian_psf", "widefield_psf", "confocal_psf", "lightsheet_psf", "make_psf", "fwhm", "resolution_um",
            "centre_psf", "crop_psf", "widefield_fwhm", "prepare_psf", "given_psf", "MODELS", "MAX_PSF_HALF"]
 
 #: Largest half-size (voxels) of a model PSF along any axis: a longer default is cut there, with a warning.
@@ -337,6 +337,12 @@ def fwhm(psf: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     centres = (iz, iy, ix)
     return np.array([profile_fwhm(p, c) * d for p, c, d in zip(profiles, centres, spacing)])
 
+
+
+def resolution_um(psf: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """The PSF's FWHM per axis in micrometres, two voxels where it cannot be measured (distances between beads)."""
+    w = fwhm(psf, spacing)
+    return np.where(np.isfinite(w), w, 2 * np.asarray(spacing, float))
 
 def centre_psf(psf: np.ndarray) -> np.ndarray:
     """Shift a PSF by whole voxels so its brightest voxel is the array centre.

@@ -16,7 +16,7 @@ from .blind import blind_richardson_lucy
 from .deconvolution import richardson_lucy
 from .detect import positions_of
 from .pipeline import RunContext, Stage
-from .psf import crop_psf, fwhm, given_psf, make_psf
+from .psf import crop_psf, fwhm, given_psf, make_psf, resolution_um
 from .psf_estimation import estimate_psf
 
 __all__ = ["SubtractBackground", "EstimatePSF", "RichardsonLucy", "BlindDeconvolution", "FitBeads",
@@ -303,12 +303,6 @@ class BlindDeconvolution(Stage):
         return out
 
 
-def _psf_fwhm_um(psf, spacing) -> np.ndarray:
-    """The PSF's FWHM per axis (um), two voxels where it cannot be measured."""
-    w = fwhm(psf, spacing)
-    return np.where(np.isfinite(w), w, 2 * np.asarray(spacing, float))
-
-
 def _add_distinct(kept, more, radius_um, spacing) -> np.ndarray:
     """``kept`` positions (voxels) plus those of ``more`` farther than ``radius_um`` (per axis) from all of them."""
     from scipy.spatial import cKDTree
@@ -380,7 +374,7 @@ class FitBeads(Stage):
         if self.detect_on != "volume":  # deconvolution adds the dim and the close beads the volume hides
             probe = richardson_lucy(volume, psf, iterations=self.detect_iterations, device=ctx.device)
             more = positions_of(detect_beads(probe, ctx.spacing, snr=self.detect_snr, measure=False))
-            candidates = _add_distinct(candidates, more, 0.5 * _psf_fwhm_um(psf, ctx.spacing), ctx.spacing)
+            candidates = _add_distinct(candidates, more, 0.5 * resolution_um(psf, ctx.spacing), ctx.spacing)
         table = fit_beads(volume, psf, ctx.spacing, candidates=candidates, read_noise=self.read_noise,
                           variance_offset=max(variance - self.read_noise ** 2, 0.0),
                           min_significance=self.min_significance, max_group=self.max_group,

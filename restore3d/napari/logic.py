@@ -9,7 +9,6 @@ attributes, layer_type)`` tuples, ``scale`` in micrometres per voxel,
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Generator
 
@@ -18,9 +17,7 @@ import numpy as np
 from ..pipeline import Pipeline, Result
 
 __all__ = ["RestoreOptions", "build_pipeline", "pipeline_label", "restore_steps", "result_layers",
-           "volume_layers", "one_line", "layer_spacing"]
-
-log = logging.getLogger(__name__)
+           "status_line", "volume_layers", "one_line", "layer_spacing"]
 
 
 @dataclasses.dataclass
