@@ -39,3 +39,25 @@ def test_residual_model_starts_as_identity():
     model = build_model(UNetConfig(base_channels=4)).eval()
     x = torch.rand(1, 1, 8, 16, 16)
     assert torch.allclose(model(x), x)
+
+
+def test_folded_batchnorm_gives_the_same_output():
+    """Inference folds each batch norm into its convolution: same output, the trained model untouched."""
+    from restore3d.refiner.model import fold_batchnorm
+    model = random_model(seed=3)
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():  # running statistics far from the identity map
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.2)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fused.modules())
+    x = torch.rand(1, 1, 8, 32, 32)
+    with torch.no_grad():
+        ref, got = model(x), fused(x)
+    assert ref.abs().max() > 0.1
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
