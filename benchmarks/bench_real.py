@@ -112,10 +112,13 @@ def main():
     ap.add_argument("--weights", default="pretrained")
     ap.add_argument("--only", nargs="*", default=None, help="run the stacks whose name contains one of these")
     ap.add_argument("--crop", action="store_true", help="crop real stacks to 256 x 256 laterally (quick look)")
+    ap.add_argument("--no-calibrate", action="store_true",
+                    help="render a rendering refiner's kernel as trained, not measured on the volume")
     args = ap.parse_args()
     print(machine())
-    refiner = Refiner.pretrained() if args.weights == "pretrained" else Refiner.load(args.weights)
-    print(f"refiner: {args.weights}")
+    kw = {"calibrate": not args.no_calibrate}
+    refiner = Refiner.pretrained(**kw) if args.weights == "pretrained" else Refiner.load(args.weights, **kw)
+    print(f"refiner: {args.weights}{' (kernel as trained)' if args.no_calibrate else ''}")
     rows, sim_rows = [], []
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
     for name, (rel, spacing) in REAL.items():

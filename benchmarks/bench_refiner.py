@@ -178,8 +178,9 @@ def cmd_acceptance(args):
     sims = eval_volumes()
     torch.set_num_threads(args.threads)
     classical = classical_stages()
-    refiner = Refiner.load(args.weights) if args.weights else Refiner.pretrained()
-    fp32 = Refiner(refiner.weights, precision="fp32")
+    kw = {"calibrate": not args.no_calibrate}
+    refiner = Refiner.load(args.weights, **kw) if args.weights else Refiner.pretrained(**kw)
+    fp32 = Refiner(refiner.weights, precision="fp32", **kw)
     rows = []
     for name, sim in sims:
         raw_m = metrics.evaluate(sim.raw, target=sim.target, truth=sim.truth, spacing=sim.spacing)
@@ -196,6 +197,8 @@ def cmd_acceptance(args):
         fp32.restore(cls, sim.spacing, psf=psf)
         t_fp32 = time.perf_counter() - t0
         m = metrics.evaluate(out, target=sim.target, truth=sim.truth, spacing=sim.spacing)
+        rows.append({"setting": name, "stages": "target (ideal at this sampling)",
+                     "elongation": metrics.elongation(sim.target, sim.spacing, truth=sim.truth)})
         rows.append({"setting": name, "stages": "raw", **{k: raw_m[k] for k in KEYS}})
         rows.append({"setting": name, "stages": "background + RL", "seconds": t_cls, **{k: m_cls[k] for k in KEYS}})
         rows.append({"setting": name, "stages": "hybrid (+ refiner)", "seconds": t_cls + t_ref,
@@ -251,6 +254,8 @@ def main():
     b = sub.add_parser("acceptance")
     b.add_argument("--weights", default=None)
     b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--no-calibrate", action="store_true",
+                   help="render a rendering refiner's kernel as trained, not measured on the volume")
     psf_source = b.add_mutually_exclusive_group()
     psf_source.add_argument("--true-psf", action="store_true",
                             help="give the stages the true PSF instead of estimating it (what PSF estimation costs)")

@@ -40,17 +40,19 @@ def main():
     ap.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
     ap.add_argument("--validation", type=int, default=8, help="fixed validation volumes")
     ap.add_argument("--patience", type=int, default=10, help="epochs (100 steps) without a better validation loss")
+    ap.add_argument("--init", default=None, help="checkpoint to fine-tune (its architecture and transforms kept)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine to 1/100 of it)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = ({"weight": args.weight, "tau": args.tau, "dilate": args.dilate}
               if args.loss in ("imbalanced", "combined") else {})
-    cfg = TrainConfig(steps=args.steps, pool=args.pool, loss=args.loss, loss_params=params, seed=args.seed,
+    cfg = TrainConfig(steps=args.steps, pool=args.pool, loss=args.loss, loss_params=params, seed=args.seed, lr=args.lr,
                       epoch_steps=100, patience=args.patience, validation=args.validation, precision=args.precision,
                       time_limit=None if args.minutes is None else 60 * args.minutes)
     command = "python benchmarks/train_refiner.py " + " ".join(sys.argv[1:])
     t0 = time.perf_counter()
     res = train(args.out, config=cfg, model_config=UNetConfig(), ranges=simulation_ranges(args.range),
-                threads=args.threads, command=command, progress=True)
+                threads=args.threads, command=command, progress=True, init=args.init)
     wall = time.perf_counter() - t0
     print(json.dumps({"command": command, "wall_seconds": round(wall, 1), "pool_seconds": round(res.pool_seconds, 1),
                       "train_seconds": round(res.seconds, 1), "steps": res.steps, "best": res.best}, indent=2))

@@ -37,7 +37,7 @@ import numpy as np
 from ._checks import as_psf, as_spacing, as_volume
 from .target import lateral_fwhm, target_blur
 
-__all__ = ["SelfCheck", "check_restoration", "LIMITS"]
+__all__ = ["SelfCheck", "check_restoration", "widths_against_ideal", "isolated_beads", "LIMITS"]
 
 #: Pass windows: roundness and width (ratios to the ideal), flux (ratio), consistency (residual).
 LIMITS = {"roundness": (0.85, 1.2), "width": (0.85, 1.15), "flux": (0.8, 1.25), "consistency": (0.0, 0.45)}
@@ -121,10 +121,8 @@ def check_restoration(restored: np.ndarray, data: np.ndarray, psf: np.ndarray, s
     SelfCheck
         ``failed`` lists each measure outside its window with what it means.
     """
-    from .assess import beads_above, ideal_volume
     from .background import estimate_noise
     from .detect import measure_beads
-    from .metrics import isolated
     res = as_volume(restored, name="restored")
     dat = as_volume(data, name="data")
     spacing = as_spacing(spacing)
@@ -133,18 +131,10 @@ def check_restoration(restored: np.ndarray, data: np.ndarray, psf: np.ndarray, s
         raise ValueError(f"restored shape {res.shape} differs from data shape {dat.shape}")
     lim = {**LIMITS, **(limits or {})}
     fw = lateral_fwhm(psf, spacing) if fwhm_um is None else float(fwhm_um)
-    nbh = tuple(0.5 * fw for _ in range(3))
-    window = tuple(max(3 * fw, 3 * d) for d in spacing)
-    isolation = tuple(6 * fw for _ in range(3))
-
-    beads, typical = beads_above(res, spacing, neighbourhood_um=nbh)
-    beads = beads[:max_beads]
-    iso = beads[isolated(beads, spacing=spacing, radius_um=isolation)] if len(beads) else beads
+    window = _window_um(fw, spacing)
+    beads, iso, m, ideal = widths_against_ideal(res, spacing, fw, max_beads=max_beads)
     roundness = width = float("nan")
     if len(iso):
-        m = measure_beads(res, spacing, iso, window_um=window)
-        ideal = measure_beads(ideal_volume(iso, res.shape, spacing, fw), spacing, iso, window_um=window)
-
         def elong(t):
             lat = 0.5 * (t["fwhm_y"] + t["fwhm_x"])  # NaN where either is unmeasurable
             return t["fwhm_z"] / lat, lat
@@ -189,6 +179,53 @@ def check_restoration(restored: np.ndarray, data: np.ndarray, psf: np.ndarray, s
             failed.append(f"{name} {value:.2f} outside [{lo}, {hi}]: {what}")
     return SelfCheck(roundness=roundness, width=width, flux=flux, consistency=consistency, noise_floor=floor,
                      n_beads=len(iso), fwhm_um=fw, failed=failed)
+
+
+def _window_um(fwhm_um, spacing):
+    """Half-size (um per axis) of the window a bead's widths are measured in."""
+    return tuple(max(3 * fwhm_um, 3 * d) for d in spacing)
+
+
+def isolated_beads(volume: np.ndarray, spacing: Sequence[float], fwhm_um: float, *, max_beads: int = 300):
+    """A restored volume's beads and the isolated ones among them (bead tables).
+
+    Beads are those scoring at least a tenth of the typical bead
+    (:func:`restore3d.assess.beads_above`, maxima at least half a FWHM
+    apart), the brightest ``max_beads``; isolated means no other within 6
+    FWHM.
+    """
+    from .assess import beads_above
+    from .metrics import isolated
+    beads, _ = beads_above(volume, spacing, neighbourhood_um=tuple(0.5 * fwhm_um for _ in range(3)))
+    beads = beads[:max_beads]
+    if not len(beads):
+        return beads, beads
+    return beads, beads[isolated(beads, spacing=spacing, radius_um=tuple(6 * fwhm_um for _ in range(3)))]
+
+
+def widths_against_ideal(volume: np.ndarray, spacing: Sequence[float], fwhm_um: float, *,
+                         max_beads: int = 300):
+    """The isolated beads of a restored volume measured beside ideal ones at the same positions.
+
+    Beads as :func:`isolated_beads`. The ideal beads are isotropic Gaussians
+    of ``fwhm_um`` rendered on the same grid at the same positions, so a
+    ratio of the two measures cancels the sampling's own effect on a width.
+
+    Returns
+    -------
+    beads, isolated_beads : bead tables
+    measured, ideal : :func:`restore3d.detect.measure_beads` tables of the isolated beads (widths in um)
+        (None when no bead is isolated).
+    """
+    from .assess import ideal_volume
+    from .detect import measure_beads
+    beads, iso = isolated_beads(volume, spacing, fwhm_um, max_beads=max_beads)
+    if not len(iso):
+        return beads, iso, None, None
+    window = _window_um(fwhm_um, spacing)
+    measured = measure_beads(volume, spacing, iso, window_um=window)
+    ideal = measure_beads(ideal_volume(iso, volume.shape, spacing, fwhm_um), spacing, iso, window_um=window)
+    return beads, iso, measured, ideal
 
 
 def _peaks_at(volume, beads):

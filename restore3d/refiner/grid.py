@@ -77,6 +77,18 @@ class Grid:
         back = _apply([None if m is None else m.T for m in self.mats], obj)
         return back * np.float32(self.volume_ratio)
 
+    def sample_to_source(self, work: np.ndarray) -> np.ndarray:
+        """Values of a smooth working-grid volume (a rendered one) at the source's voxel centres.
+
+        Linear interpolation, the same extent: for volumes smooth on the
+        working grid's scale (the target's kernel rendered there), so each
+        source voxel gets the rendered bead's value at its centre, as the
+        ideal target is sampled. Light is not renormalised here.
+        """
+        mats = [None if m is None else _interp_matrix(m.shape[0], w, d)
+                for m, w, d in zip(self.mats, self.spacing, self.source_spacing)]
+        return _apply(mats, work)
+
     def positions_to_work(self, positions: np.ndarray) -> np.ndarray:
         """Source voxel coordinates (N, 3) to working-grid voxel coordinates."""
         # voxel i of a grid of step d is centred (i + 0.5) d from the common start of both extents

@@ -136,7 +136,8 @@ def working_grid_of(meta: dict, shape, spacing, psf):
 
 def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, psf=None, device=None,
            tile_shape=None, max_voxels: int = 4_000_000, intensity=None, precision: str = "auto",
-           progress: bool = False) -> np.ndarray:
+           progress: bool = False, calibrate: bool = True, kernel_um=None, info: dict | None = None
+           ) -> np.ndarray:
     """Apply a refiner network to the output of its preceding stages.
 
     The input transform of the checkpoint (``meta["input_transform"]``), the
@@ -161,13 +162,23 @@ def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, p
         As in :func:`predict`.
     intensity : (offset, scale), optional
         Fixed normalisation (chunks of a large volume).
+    calibrate : bool
+        For rendering refiners: measure the width the network's object
+        keeps on the volume's isolated beads and narrow the rendered kernel
+        by it, so beads come out at the target's FWHM along every axis
+        (:mod:`restore3d.refiner.calibration`).
+    kernel_um : (3,) floats, optional
+        The rendered kernel's sigma per axis (um), fixed (chunks of a large
+        volume); overrides ``calibrate``.
+    info : dict, optional
+        Filled with the rendering's report (``"rendering"``).
 
     Returns
     -------
     (Z, Y, X) float32 ndarray, non-negative.
     """
     from .checkpoint import normalizer_of
-    from .transforms import apply_input_transform, apply_output_transform
+    from .transforms import RENDERING, apply_input_transform, apply_output_transform
     volume = apply_input_transform(np.asarray(volume, np.float32), spacing, meta.get("input_transform"), psf)
     grid = working_grid_of(meta, volume.shape, spacing, psf)
     if grid is not None:
@@ -176,7 +187,48 @@ def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, p
                   spacing_range=meta.get("spacing_range"), device=device, tile_shape=tile_shape,
                   max_voxels=max_voxels, progress=progress,
                   stats=None if intensity is None else tuple(intensity), precision=precision)
-    if grid is not None:
-        out = grid.object_to_source(out)
-    return apply_output_transform(out, spacing, meta.get("output_transform"), psf,
-                                  work_spacing=None if grid is None else grid.spacing)
+    transform = meta.get("output_transform")
+    if transform not in RENDERING:
+        return apply_output_transform(out if grid is None else grid.object_to_source(out), spacing,
+                                      transform, psf)
+    sigma, report = _rendered_kernel(out, spacing, transform, psf, grid, calibrate, kernel_um)
+    if info is not None:
+        info["rendering"] = report
+    return _render_on(out, spacing, grid, sigma)
+
+
+def _render_on(obj, spacing, grid, sigma_um):
+    """The object rendered with a kernel of ``sigma_um``, on the volume's grid.
+
+    A working grid's object is rendered on that grid (as the refiner was
+    trained) and the smooth result sampled at the volume's voxel centres (as
+    the ideal target is), its light set to the object's.
+    """
+    from .calibration import render
+    if grid is None:
+        return render(obj, spacing, sigma_um)
+    out = grid.sample_to_source(render(obj, grid.spacing, sigma_um))
+    light, got = float(obj.sum(dtype=np.float64)) * grid.volume_ratio, float(out.sum(dtype=np.float64))
+    return np.clip(out * np.float32(light / got), 0, None) if got > 0 else out
+
+
+def _rendered_kernel(obj, spacing, transform, psf, grid, calibrate, kernel_um):
+    """Sigma (um per axis) of the kernel to render and its report: fixed, measured or as trained."""
+    from ..target import FWHM_PER_SIGMA, lateral_fwhm
+    from .calibration import calibrate_kernel
+    from .transforms import output_kernel_um, render_sigma
+    if kernel_um is not None:
+        sigma = np.asarray(kernel_um, float)
+        return sigma, {"calibrated": False, "fixed": True, "kernel_fwhm_um": list(map(float, FWHM_PER_SIGMA * sigma))}
+    if grid is not None:  # the kernel the refiner was trained with, on its working grid
+        sigma = render_sigma(lateral_fwhm(psf, spacing), grid.spacing, grid.spacing) * np.asarray(grid.spacing)
+    else:
+        sigma = output_kernel_um(spacing, transform, psf)
+    if not calibrate:
+        return sigma, {"calibrated": False, "kernel_fwhm_um": list(map(float, FWHM_PER_SIGMA * sigma))}
+    sigma, report = calibrate_kernel(lambda s: _render_on(obj, spacing, grid, s), spacing,
+                                     lateral_fwhm(psf, spacing), sigma)
+    if not report["calibrated"]:
+        log.info("refiner: %d isolated beads, too few to measure the object's width: the kernel is "
+                 "rendered as trained", report["n_beads"])
+    return sigma, report

@@ -33,8 +33,8 @@ class Refiner(Stage):
         default the even split that keeps every tile under ``max_voxels``.
     max_voxels : int
         Larger volumes (on the network's grid) are processed in overlapping
-        tiles of at most this many voxels: the memory bound (about 300
-        bytes per voxel for the shipped network).
+        tiles of at most this many voxels: the memory bound (about 240
+        bytes per voxel for the shipped network in bfloat16).
     precision : {"auto", "fp32", "bf16"}
         Inference precision; "auto" uses bfloat16 where the CPU (AMX,
         AVX512-BF16) or GPU computes it natively, float32 elsewhere.
@@ -51,6 +51,15 @@ class Refiner(Stage):
         (they count the light the PSF used explains, which lacks the far
         wings of an estimated PSF). Needs a preceding
         :class:`~restore3d.SubtractBackground` and a PSF.
+    calibrate : bool
+        Refiners that render the target's kernel after their bead object:
+        measure the width the object keeps on the volume's isolated beads and
+        narrow the kernel by it, per axis, so beads come out at the target's
+        FWHM (:mod:`restore3d.refiner.calibration`; reported in
+        ``result.info["refiner"]["rendering"]``). No effect on other refiners.
+    kernel_um : (sz, sy, sx) floats, optional
+        A fixed rendered kernel (sigma, micrometres) instead of the measured
+        one (set by :meth:`freeze` so chunks of a large volume share it).
 
     Notes
     -----
@@ -64,9 +73,11 @@ class Refiner(Stage):
 
     def __init__(self, weights="pretrained", *, device: str | None = None,
                  tile_shape: list | None = None, max_voxels: int = 4_000_000, intensity=None,
-                 precision: str = "auto", check: bool = True):
+                 precision: str = "auto", check: bool = True, calibrate: bool = True, kernel_um=None):
         self.weights = weights
         self.check = check
+        self.calibrate = calibrate
+        self.kernel_um = None if kernel_um is None else [float(v) for v in kernel_um]
         self.precision = precision
         self.device = device
         self.tile_shape = tile_shape
@@ -133,8 +144,11 @@ class Refiner(Stage):
         fp32 = resolve_precision(self.precision, self.device or "cpu") == "fp32"
         per_voxel = self.network_bytes_per_voxel * (2.0 if fp32 else 1.0)
         tile = min(work, float(self.max_voxels)) * 1.15  # tiles are rounded up to the network's grid
-        # the working grid's arrays (padded, normalised, output, blend weights); the self-check's
-        return per_voxel * tile + 5 * 4.0 * work + (6 * 4.0 * voxels if self.check else 0.0)
+        # the working grid's arrays (padded, normalised, output, blend weights); the self-check's and the
+        # kernel measurement's (a rendering and ideal beads)
+        from .transforms import RENDERING
+        measured = 6 * self.check + 3 * (self.calibrate and meta.get("output_transform") in RENDERING)
+        return per_voxel * tile + 5 * 4.0 * work + measured * 4.0 * voxels
 
     def halo(self, spacing, psf) -> tuple[int, int, int]:
         from .inference import working_grid_of
@@ -150,31 +164,45 @@ class Refiner(Stage):
         return self.network()[0].config.multiple
 
     # ------------------------------------------------------------------ running
-    def restore(self, volume: np.ndarray, spacing, *, psf=None, device=None, progress: bool = False) -> np.ndarray:
+    def restore(self, volume: np.ndarray, spacing, *, psf=None, device=None, progress: bool = False,
+                info: dict | None = None) -> np.ndarray:
         """Apply the network to a volume that already went through the preceding stages.
 
         ``psf``: the PSF those stages used (needed by refiners that render the
         target's isotropic kernel, ``meta["output_transform"]``, or their
         input at the target resolution, ``meta["input_transform"]``).
+        ``info``: a dict filled with the rendering's report.
         """
         from .inference import refine
         model, meta = self.network()
         return refine(as_volume(volume), as_spacing(spacing), model=model, meta=meta, psf=psf,
                       device=device or self.device, tile_shape=self.tile_shape, max_voxels=self.max_voxels,
-                      intensity=self.intensity, precision=self.precision, progress=progress)
+                      intensity=self.intensity, precision=self.precision, progress=progress,
+                      calibrate=self.calibrate, kernel_um=self.kernel_um, info=info)
 
     def freeze(self, sample, ctx):
-        """Measure the intensity normalisation once on the sample, for all chunks."""
+        """Measure the intensity normalisation (and a rendering refiner's kernel) once on the sample, for all chunks."""
         from .checkpoint import normalizer_of
         from .inference import working_grid_of
-        from .transforms import apply_input_transform
+        from .transforms import RENDERING, apply_input_transform
         _, meta = self.network()
-        sample = apply_input_transform(sample, ctx.spacing, meta.get("input_transform"), ctx.psf)
-        grid = working_grid_of(meta, sample.shape, ctx.spacing, ctx.psf)
-        stats = normalizer_of(meta).stats(sample if grid is None else grid.to_work(sample))
+        inp = apply_input_transform(sample, ctx.spacing, meta.get("input_transform"), ctx.psf)
+        grid = working_grid_of(meta, inp.shape, ctx.spacing, ctx.psf)
+        stats = normalizer_of(meta).stats(inp if grid is None else grid.to_work(inp))
+        intensity = [float(stats[0]), float(stats[1])]
+        kernel = self.kernel_um
+        if kernel is None and self.calibrate and meta.get("output_transform") in RENDERING:
+            probe = Refiner(self.weights, device=self.device, tile_shape=self.tile_shape,
+                            max_voxels=self.max_voxels, intensity=intensity, precision=self.precision,
+                            check=False, calibrate=True)
+            info = {}
+            probe.restore(sample, ctx.spacing, psf=ctx.psf, device=self.device or ctx.device, info=info)
+            if info.get("rendering", {}).get("calibrated"):
+                from ..target import FWHM_PER_SIGMA
+                kernel = [v / FWHM_PER_SIGMA for v in info["rendering"]["kernel_fwhm_um"]]
         return Refiner(self.weights, device=self.device, tile_shape=self.tile_shape,
-                       max_voxels=self.max_voxels, intensity=[float(stats[0]), float(stats[1])],
-                       precision=self.precision, check=False)
+                       max_voxels=self.max_voxels, intensity=intensity, precision=self.precision, check=False,
+                       calibrate=False, kernel_um=kernel)
 
     def __call__(self, volume, ctx: RunContext):
         _, meta = self.network()
@@ -187,10 +215,11 @@ class Refiner(Stage):
             ctx.logger.warning("the refiner was trained after the stages %s but this run had %s before it; "
                                "its output may not be reliable", expected or "none", ran or "none")
         t0 = time.perf_counter()
+        rendering = {}
         out = self.restore(volume, ctx.spacing, psf=ctx.psf, device=self.device or ctx.device,
-                           progress=ctx.progress)
+                           progress=ctx.progress, info=rendering)
         report = {"weights": str(self.checkpoint_path), "sha256": meta.get("sha256"),
-                  "seconds": time.perf_counter() - t0}
+                  "seconds": time.perf_counter() - t0, **rendering}
         if self.check and ctx.background_free is not None and ctx.psf is not None:
             from ..selfcheck import check_restoration
             checked = check_restoration(out, ctx.background_free, ctx.psf, ctx.spacing)
@@ -252,4 +281,4 @@ class Refiner(Stage):
                              pool=pool, out=out, seed=seed, psf=psf, device=device, progress=progress,
                              consistency=consistency)
         return Refiner(str(path), device=self.device, tile_shape=self.tile_shape, max_voxels=self.max_voxels,
-                       precision=self.precision, check=self.check)
+                       precision=self.precision, check=self.check, calibrate=self.calibrate)

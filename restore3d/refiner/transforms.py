@@ -27,12 +27,11 @@ training code.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from ..target import TARGET_TRUNCATE, lateral_fwhm, target_blur, target_sigma
 
 __all__ = ["INPUT_TRANSFORMS", "OUTPUT_TRANSFORMS", "apply_input_transform", "apply_output_transform",
-           "render_torch", "extra_halo", "render_sigma", "RENDERING"]
+           "render_torch", "extra_halo", "render_sigma", "output_kernel_um", "RENDERING"]
 
 INPUT_TRANSFORMS = (None, "target_blur")
 OUTPUT_TRANSFORMS = (None, "render", "render_grid")
@@ -76,21 +75,32 @@ def apply_input_transform(volume, spacing, transform, psf):
                     what="renders its input at the target resolution")
 
 
-def apply_output_transform(volume, spacing, transform, psf, work_spacing=None):
-    """The restored volume from the network's output (see :data:`OUTPUT_TRANSFORMS`).
-
-    ``work_spacing``: the working grid's steps (um) the object was made on
-    (``"render_grid"``; the volume's own spacing when None).
-    """
-    if transform != "render_grid":
-        return _blurred(volume, spacing, transform, psf, known=OUTPUT_TRANSFORMS[:2], kind="output",
-                        what="renders the target's isotropic kernel after the network")
+def output_kernel_um(spacing, transform, psf, work_spacing=None) -> np.ndarray:
+    """Sigma (z, y, x micrometres) of the kernel a rendering output transform renders, before measurement."""
     _needs_psf(psf, "renders the target's isotropic kernel after the network")
+    fwhm = lateral_fwhm(psf, spacing)
+    if transform == "render":
+        return target_sigma(np.ones(3), fwhm)
+    if transform != "render_grid":
+        raise ValueError(f"{transform!r} renders no kernel; rendering transforms: {RENDERING}")
     steps = np.maximum(np.asarray(spacing, float), np.asarray(work_spacing if work_spacing is not None
                                                               else spacing, float))
-    sigma = render_sigma(lateral_fwhm(psf, spacing), spacing, steps)
-    return ndimage.gaussian_filter(np.asarray(volume, np.float32), sigma, mode="reflect",
-                                   truncate=TARGET_TRUNCATE)
+    return render_sigma(fwhm, spacing, steps) * np.asarray(spacing, float)
+
+
+def apply_output_transform(volume, spacing, transform, psf, work_spacing=None):
+    """The restored volume from the network's output on the volume's grid (see :data:`OUTPUT_TRANSFORMS`).
+
+    ``work_spacing``: the working grid's steps (um) the object was made on
+    (``"render_grid"``; the volume's own spacing when None). Inference
+    renders a working grid's object on that grid instead, with the kernel
+    measured on the volume (:func:`restore3d.refiner.inference.refine`).
+    """
+    if transform not in RENDERING:
+        return _blurred(volume, spacing, transform, psf, known=OUTPUT_TRANSFORMS[:2], kind="output",
+                        what="renders the target's isotropic kernel after the network")
+    from .calibration import render
+    return render(volume, spacing, output_kernel_um(spacing, transform, psf, work_spacing))
 
 
 def extra_halo(meta: dict, spacing, psf) -> np.ndarray:

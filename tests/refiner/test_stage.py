@@ -36,3 +36,35 @@ def test_refiner_warns_when_its_preceding_stages_differ(caplog):
     bad = r3.Pipeline([r3.SubtractBackground(), r3.Refiner.pretrained()])
     bad.run(vol, spacing=SP, psf=psf)
     assert "trained after" in caplog.text
+
+
+def test_rendering_refiner_measures_its_kernel_and_chunks_share_it(tmp_path):
+    """A rendering refiner reports the kernel measured on the volume; freeze() fixes it for every chunk."""
+    import restore3d as r3
+    from restore3d.pipeline import RunContext
+    from restore3d.refiner import Refiner, UNetConfig, build_model
+    from restore3d.refiner.checkpoint import save_checkpoint
+    model = build_model(UNetConfig(base_channels=4)).eval()  # residual, zero head: its object is its input
+    path = save_checkpoint(tmp_path / "render", model, {
+        "input_transform": None, "output_transform": "render_grid", "grid": {"samples": 2.0, "max_zoom": 3.0},
+        "normalization": {"method": "peaks", "offset": "zero"}, "prefix": r3.presets.classical_stages().to_dict()})
+    sim = r3.simulate.simulate_beads((24, 96, 96), SP, n_beads=12, flux=30000, seed=4)
+    rl = r3.Pipeline([r3.SubtractBackground(), r3.RichardsonLucy(iterations=5)]).run(sim.raw, spacing=SP, psf=sim.psf)
+    ref = Refiner.load(path)
+    info = {}
+    out = ref.restore(np.asarray(rl), SP, psf=sim.psf, info=info)
+    rendering = info["rendering"]
+    assert rendering["calibrated"] and rendering["n_beads"] >= 3
+    assert len(rendering["kernel_fwhm_um"]) == 3 and max(rendering["kernel_fwhm_um"]) <= rendering["target_fwhm_um"]
+    as_trained = Refiner.load(path, calibrate=False).restore(np.asarray(rl), SP, psf=sim.psf)
+    assert not np.allclose(out, as_trained)
+    assert out.sum() == pytest.approx(as_trained.sum(), rel=1e-3)  # the kernel moves light, never adds it
+    ctx = RunContext(spacing=SP, psf=sim.psf)
+    frozen = ref.freeze(np.asarray(rl), ctx)
+    assert not frozen.calibrate and frozen.kernel_um is not None
+    np.testing.assert_allclose(frozen.kernel_um, np.asarray(rendering["kernel_fwhm_um"]) / r3.target.FWHM_PER_SIGMA,
+                               rtol=1e-6)
+    fixed = {}
+    again = frozen.restore(np.asarray(rl), SP, psf=sim.psf, info=fixed)
+    assert fixed["rendering"]["fixed"]
+    np.testing.assert_allclose(again, out, rtol=1e-4, atol=1e-6 * float(out.max()))
