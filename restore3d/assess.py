@@ -48,6 +48,13 @@ class BeadComparison:
         restored and the ideal volume.
     raw_lateral_um, lateral_um, raw_axial_um, axial_um : float
         Median FWHMs.
+    raw_lateral_smoothed_um, lateral_smoothed_um : float
+        Median lateral FWHMs measured after a lateral Gaussian of one voxel's
+        sigma, its width removed in quadrature: a half-maximum through the
+        brightest voxel of a noisy raw bead sits on a noise peak and reads
+        narrow (on leica-beads 8 % narrower than the beads' PSF); smoothing
+        first removes that bias and leaves smooth (restored) beads as they
+        are.
     flux_ratio, flux_spread : float
         Median over the isolated beads of restored / raw light in the same
         window, and the half-width of its central 68 % (0.16-0.84 quantiles).
@@ -71,6 +78,8 @@ class BeadComparison:
     flux_ratio: float
     flux_spread: float
     background: float
+    raw_lateral_smoothed_um: float = float("nan")
+    lateral_smoothed_um: float = float("nan")
 
     @property
     def elongation_vs_ideal(self) -> float:
@@ -82,13 +91,18 @@ class BeadComparison:
         return self.lateral_um / self.raw_lateral_um
 
     @property
+    def lateral_vs_raw_smoothed(self) -> float:
+        """Lateral FWHM over the raw's, both measured after the same light smoothing (noise-robust)."""
+        return self.lateral_smoothed_um / self.raw_lateral_smoothed_um
+
+    @property
     def count_ratio(self) -> float:
         return self.beads / self.raw_beads if self.raw_beads else float("nan")
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.update(elongation_vs_ideal=self.elongation_vs_ideal, lateral_vs_raw=self.lateral_vs_raw,
-                 count_ratio=self.count_ratio)
+                 lateral_vs_raw_smoothed=self.lateral_vs_raw_smoothed, count_ratio=self.count_ratio)
         return d
 
 
@@ -229,7 +243,23 @@ def compare_to_raw(restored: np.ndarray, raw: np.ndarray, spacing: Sequence[floa
         isolated=len(raw_iso), raw_elongation=e_raw, elongation=e_out, ideal_elongation=ideal,
         raw_lateral_um=lat_raw, lateral_um=lat_out, raw_axial_um=ax_raw, axial_um=ax_out,
         flux_ratio=flux, flux_spread=spread,
-        background=background_residual(res, spacing, raw_beads, exclusion_um=isolation))
+        background=background_residual(res, spacing, raw_beads, exclusion_um=isolation),
+        raw_lateral_smoothed_um=_lateral_smoothed(raw, spacing, raw_iso, window),
+        lateral_smoothed_um=_lateral_smoothed(res, spacing, out_iso, window))
+
+
+def _lateral_smoothed(volume, spacing, beads, window, sigma_voxels: float = 1.0) -> float:
+    """Median lateral FWHM (um) after a lateral Gaussian of ``sigma_voxels``, its width removed in quadrature."""
+    from scipy import ndimage
+
+    from .target import FWHM_PER_SIGMA
+    if not len(beads):
+        return float("nan")
+    smooth = ndimage.gaussian_filter(np.asarray(volume, np.float32), (0, sigma_voxels, sigma_voxels))
+    t = measure_beads(smooth, spacing, beads, window_um=window)
+    added = [(FWHM_PER_SIGMA * sigma_voxels * d) ** 2 for d in spacing[1:]]
+    lat = [np.sqrt(np.clip(t[f"fwhm_{a}"] ** 2 - v, 0, None)) for a, v in zip("yx", added)]
+    return _median(np.nanmean(np.stack(lat), axis=0))
 
 
 def _median(x):
