@@ -11,11 +11,12 @@ from ._version import __version__
 from .pipeline import Pipeline, Result, RunContext, Stage
 from .presets import classical_stages, default_pipeline
 from .refiner import Refiner
-from .stages import (BlindDeconvolution, EstimatePSF, FitBeads, RemoveSpecks, RichardsonLucy,
+from .stages import (BlindDeconvolution, EstimatePSF, FitBeads, RemoveSpecks, RemoveUnsupported, RichardsonLucy,
                      SubtractBackground)
 
 __all__ = ["Pipeline", "Result", "RunContext", "Stage", "SubtractBackground", "EstimatePSF",
-           "RichardsonLucy", "BlindDeconvolution", "FitBeads", "RemoveSpecks", "Refiner", "default_pipeline",
+           "RichardsonLucy", "BlindDeconvolution", "FitBeads", "RemoveSpecks", "RemoveUnsupported", "Refiner",
+           "default_pipeline",
            "classical_stages",
            "background", "cleanup", "deconvolution", "detect", "fitting", "io", "metrics", "psf", "psf_estimation",
            "simulate", "__version__"]

@@ -18,9 +18,10 @@ from .detect import positions_of
 from .pipeline import RunContext, Stage
 from .psf import crop_psf, fwhm, given_psf, make_psf, resolution_um
 from .psf_estimation import estimate_psf
+from .support import remove_unsupported
 
 __all__ = ["SubtractBackground", "EstimatePSF", "RichardsonLucy", "BlindDeconvolution", "FitBeads",
-           "RemoveSpecks"]
+           "RemoveSpecks", "RemoveUnsupported"]
 
 
 def _defaults(func):
@@ -439,3 +440,64 @@ class RemoveSpecks(Stage):
         if psf is not None:
             return _psf_halo(psf, 1.0)
         return tuple(int(np.ceil(u / s)) for u, s in zip((1.5, 0.8, 0.8), spacing))
+
+
+_SUPPORT = _defaults(remove_unsupported)
+
+
+class RemoveUnsupported(Stage):
+    """Remove the spots the data do not hold (:func:`restore3d.support.remove_unsupported`).
+
+    For after any restoration (the refiner, RL, FitBeads): each spot's
+    support, the background-free data's matched filter there over what the
+    restored volume predicts, is compared with the typical bead's; a spot
+    below ``min_support`` of it is set to zero. Needs a preceding
+    :class:`SubtractBackground` and a PSF. The run's report
+    (``result.info["support"]``) gives the spots examined and removed and
+    the share of light removed.
+    """
+
+    default_name = "support"
+    bytes_per_voxel = 12.0  # the restored copy and the data's floor-free copy
+
+    def __init__(self, *, min_support: float = _SUPPORT["min_support"], fraction: float = _SUPPORT["fraction"],
+                 radius_um: float | None = None, typical_support: float | None = None):
+        if not 0 <= min_support < 1:
+            raise ValueError(f"min_support must be in [0, 1) (a fraction of the typical spot's support), "
+                             f"got {min_support!r}")
+        self.min_support = min_support
+        self.fraction = fraction
+        self.radius_um = radius_um
+        self.typical_support = typical_support
+
+    def _needs(self, ctx):
+        if ctx.background_free is None or ctx.psf is None:
+            raise ValueError("RemoveUnsupported compares the restoration with the background-free data through "
+                             "the PSF: run it after SubtractBackground and a PSF (EstimatePSF or psf=)")
+
+    def __call__(self, volume, ctx: RunContext):
+        self._needs(ctx)
+        out, info = remove_unsupported(volume, ctx.background_free, ctx.psf, ctx.spacing,
+                                       min_support=self.min_support, fraction=self.fraction,
+                                       radius_um=self.radius_um, typical_support=self.typical_support,
+                                       return_info=True)
+        ctx.report(dataclasses.asdict(info))
+        if info.n_removed:
+            ctx.logger.info("support: %d of %d spots not in the data removed (%.2f %% of the light)",
+                            info.n_removed, info.n_spots, 100 * info.light_removed)
+        return out
+
+    def freeze(self, sample, ctx):
+        """Measure the typical support once on the sample; every chunk uses it."""
+        if self.typical_support is not None:
+            return self
+        self._needs(ctx)
+        _, info = remove_unsupported(sample, ctx.background_free, ctx.psf, ctx.spacing,
+                                     min_support=self.min_support, fraction=self.fraction, return_info=True)
+        return RemoveUnsupported(**{**self.get_params(), "typical_support": info.typical_support})
+
+    def halo(self, spacing, psf):
+        # a spot's support reads the data over the PSF's autocorrelation (twice the PSF)
+        if psf is not None:
+            return _psf_halo(psf, 2.0)
+        return tuple(int(np.ceil(u / s)) for u, s in zip((3.0, 1.6, 1.6), spacing))
