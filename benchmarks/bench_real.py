@@ -27,6 +27,7 @@ import tifffile
 from common import DATA, fmt, machine
 from restore3d import Pipeline, Refiner, RemoveUnsupported, assess, io, metrics, simulate
 from restore3d.presets import classical_stages
+from restore3d.refiner import SHIPPED
 
 
 #: Real stacks: path, spacing (None = from the file) and a note.
@@ -120,7 +121,7 @@ def main():
     args = ap.parse_args()
     print(machine())
     kw = {"calibrate": not args.no_calibrate}
-    refiner = Refiner.pretrained(**kw) if args.weights == "pretrained" else Refiner.load(args.weights, **kw)
+    refiner = Refiner.pretrained(args.weights, **kw) if args.weights in SHIPPED else Refiner.load(args.weights, **kw)
     after = [("support", RemoveUnsupported())] if args.support else []
     print(f"refiner: {args.weights}{' (kernel as trained)' if args.no_calibrate else ''}"
           f"{'; then RemoveUnsupported' if args.support else ''}")

@@ -24,7 +24,7 @@ import torch
 from common import DATA, add_range_option, machine, simulation_ranges, table
 from restore3d import metrics
 from restore3d.pipeline import Pipeline
-from restore3d.refiner import Refiner
+from restore3d.refiner import SHIPPED, Refiner
 from restore3d.presets import classical_stages
 from restore3d.refiner.training.data import make_pairs
 from restore3d.refiner.normalize import Normalizer
@@ -179,7 +179,8 @@ def cmd_acceptance(args):
     torch.set_num_threads(args.threads)
     classical = classical_stages()
     kw = {"calibrate": not args.no_calibrate}
-    refiner = Refiner.load(args.weights, **kw) if args.weights else Refiner.pretrained(**kw)
+    name = args.weights or "pretrained"
+    refiner = Refiner.pretrained(name, **kw) if name in SHIPPED else Refiner.load(name, **kw)
     fp32 = Refiner(refiner.weights, precision="fp32", **kw)
     rows = []
     for name, sim in sims:

@@ -97,7 +97,24 @@ def _pipeline(args):
         pipe = r3.default_pipeline(refiner=not args.no_refiner)
     if args.no_refiner and "refiner" in pipe.named_steps:
         pipe["refiner"] = "passthrough"
+    elif getattr(args, "refiner", None):
+        if "refiner" not in pipe.named_steps:
+            raise UserError(f"--refiner {args.refiner}: the pipeline of --config has no step named 'refiner'")
+        pipe["refiner"] = _refiner(args.refiner)
     return pipe
+
+
+def _refiner(spec):
+    """``--refiner``: a shipped weight set's name or a checkpoint file."""
+    from .refiner import SHIPPED, Refiner
+    if spec in SHIPPED:
+        return Refiner(spec)
+    if not Path(spec).exists():
+        raise UserError(f"--refiner {spec}: neither shipped weights ({', '.join(SHIPPED)}) nor a checkpoint file")
+    try:
+        return Refiner.load(spec)
+    except ValueError as exc:
+        raise UserError(f"--refiner {spec}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- run
@@ -347,6 +364,9 @@ def _add_run(sub, optics):
     p.add_argument("--config", help="pipeline JSON (Pipeline.save) instead of the default pipeline")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     p.add_argument("--no-refiner", action="store_true", help="stop after the classical stages")
+    p.add_argument("--refiner", default=None, metavar="WEIGHTS",
+                   help="refiner weights: pretrained (default), pretrained-render (rounder and as bright as the "
+                        "data on real confocal / light-sheet beads) or a checkpoint (.json / .pt)")
     p.add_argument("--psf", help="a measured PSF file on the same spacing (skips estimation)")
     p.add_argument("--save-psf", help="write the PSF used (.tif)")
     p.add_argument("--beads", help="write the bead table of the restored volume (.csv)")

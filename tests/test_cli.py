@@ -186,3 +186,16 @@ def test_raw_psf_stack_is_cleaned_and_cropped(sim_files, tmp_path):
     assert r.returncode == 0, r.stderr
     used, _ = io.load(tmp_path / "used.tif")
     assert used.shape[0] <= 24 and used.sum() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_run_with_the_rendering_weights_and_bad_refiner(sim_files, tmp_path):
+    """--refiner picks a shipped weight set (or a checkpoint); an unknown one is one clear line."""
+    d, _ = sim_files
+    out = tmp_path / "out.tif"
+    r = cli("run", d / "stack.tif", out, "--refiner", "pretrained-render", "--quiet")
+    assert r.returncode == 0, r.stderr
+    vol, _ = io.load(out)
+    assert vol.shape == (24, 96, 96) and vol.max() > 0
+    r = cli("run", d / "stack.tif", tmp_path / "o2.tif", "--refiner", "nonsense", "--quiet")
+    assert r.returncode == 2 and "--refiner nonsense: neither shipped weights" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -33,6 +33,9 @@ def test_options_build_the_pipeline_they_say():
     assert logic.pipeline_label(pipe) == "background>psf>rl(5)>fit"
     layer_psf = logic.build_pipeline(logic.RestoreOptions(psf="layer", background="none", refiner="none"))
     assert [name for name, _ in layer_psf.steps] == ["rl"]
+    for shipped in r3.refiner.SHIPPED:
+        pipe = logic.build_pipeline(logic.RestoreOptions(refiner=shipped))
+        assert pipe["refiner"].weights == shipped and pipe["refiner"].checkpoint_path.exists()
 
 
 @pytest.mark.parametrize("bad,match", [

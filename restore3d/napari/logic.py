@@ -28,7 +28,8 @@ class RestoreOptions:
     psf : "estimate" (from the volume's beads) or "layer" (the PSF passed to
         :func:`restore_steps`, e.g. a measured PSF layer)
     iterations : Richardson-Lucy iterations (0: no deconvolution)
-    refiner : "pretrained", "none" or a checkpoint path (.json / .pt)
+    refiner : "pretrained", "pretrained-render" (:data:`restore3d.refiner.SHIPPED`), "none" or a
+        checkpoint path (.json / .pt)
     fit_beads : add :class:`~restore3d.FitBeads` (a model of every bead) after the other stages
     """
 
@@ -42,7 +43,7 @@ class RestoreOptions:
 def build_pipeline(options: RestoreOptions) -> Pipeline:
     """The pipeline the options describe; ``ValueError`` names a wrong choice."""
     from ..background import METHODS
-    from ..refiner import Refiner
+    from ..refiner import SHIPPED, Refiner
     from ..stages import EstimatePSF, FitBeads, RichardsonLucy, SubtractBackground
     if options.background not in METHODS + ("none",):
         raise ValueError(f"background must be one of {METHODS + ('none',)}, got {options.background!r}")
@@ -59,12 +60,12 @@ def build_pipeline(options: RestoreOptions) -> Pipeline:
     if options.iterations > 0:
         steps.append(("rl", RichardsonLucy(iterations=int(options.iterations))))
     refiner = str(options.refiner or "none")
-    if refiner == "pretrained":
-        steps.append(("refiner", Refiner.pretrained()))
+    if refiner in SHIPPED:
+        steps.append(("refiner", Refiner.pretrained(refiner)))
     elif refiner != "none":
         if not Path(refiner).exists():
             raise ValueError(f"refiner checkpoint {refiner}: no such file; choose a .json/.pt checkpoint "
-                             "written by 'restore3d train', or 'pretrained'")
+                             "written by 'restore3d train', or 'pretrained' / 'pretrained-render'")
         steps.append(("refiner", Refiner.load(refiner)))
     if options.fit_beads:
         steps.append(("fit", FitBeads()))

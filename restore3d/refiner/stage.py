@@ -10,11 +10,18 @@ import numpy as np
 from .._checks import as_spacing, as_volume
 from ..pipeline import RunContext, Stage
 
-__all__ = ["Refiner", "PRETRAINED"]
+__all__ = ["Refiner", "PRETRAINED", "SHIPPED"]
 
 log = logging.getLogger(__name__)
 
-PRETRAINED = Path(__file__).with_name("weights") / "default.json"
+#: The shipped weight sets by name (``Refiner(name)``): "pretrained", the default (trained on widefield
+#: simulations, its input rendered at the target resolution), and "pretrained-render" (trained on
+#: widefield, confocal and light-sheet simulations; predicts each bead's object and renders the target
+#: after it: rounder and as bright as the data on real confocal and light-sheet beads, fewer dim beads
+#: found on dim widefield volumes; benchmarks/RESULTS.md, sections 1-2).
+SHIPPED = {"pretrained": Path(__file__).with_name("weights") / "default.json",
+           "pretrained-render": Path(__file__).with_name("weights") / "render.json"}
+PRETRAINED = SHIPPED["pretrained"]
 
 
 class Refiner(Stage):
@@ -22,10 +29,11 @@ class Refiner(Stage):
 
     Parameters
     ----------
-    weights : "pretrained" or path
-        The shipped weights (trained by ``benchmarks/train_refiner.py``, see
-        benchmarks/RESULTS.md) or a checkpoint written by
-        :func:`restore3d.refiner.training.train.train` (its ``.json`` or ``.pt``).
+    weights : "pretrained", "pretrained-render" or path
+        One of the shipped weight sets (:data:`SHIPPED`, trained by
+        ``benchmarks/train_refiner.py``, see benchmarks/RESULTS.md) or a
+        checkpoint written by :func:`restore3d.refiner.training.train.train`
+        (its ``.json`` or ``.pt``).
     device : str, optional
         ``"cpu"`` or ``"cuda"``; default the run's device.
     tile_shape : (Z, Y, X) ints, optional
@@ -86,9 +94,11 @@ class Refiner(Stage):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def pretrained(cls, **kwargs) -> "Refiner":
-        """The refiner whose weights ship inside the package."""
-        return cls("pretrained", **kwargs)
+    def pretrained(cls, name: str = "pretrained", **kwargs) -> "Refiner":
+        """A refiner whose weights ship inside the package (``name`` one of :data:`SHIPPED`)."""
+        if name not in SHIPPED:
+            raise ValueError(f"no shipped refiner weights named {name!r}; shipped: {sorted(SHIPPED)}")
+        return cls(name, **kwargs)
 
     @classmethod
     def load(cls, path, **kwargs) -> "Refiner":
@@ -101,8 +111,8 @@ class Refiner(Stage):
     # ------------------------------------------------------------------ model
     @property
     def checkpoint_path(self) -> Path:
-        """The checkpoint this stage uses (the shipped one for ``"pretrained"``)."""
-        return PRETRAINED if self.weights == "pretrained" else Path(self.weights)
+        """The checkpoint this stage uses (a shipped one for a name of :data:`SHIPPED`)."""
+        return SHIPPED[self.weights] if self.weights in SHIPPED else Path(self.weights)
 
     def network(self):
         """``(model, meta)``: the network and its checkpoint description, loaded once (SHA-256 checked)."""
@@ -111,7 +121,7 @@ class Refiner(Stage):
         if cache is None or cache[0] != key:
             from .checkpoint import load_checkpoint
             path = self.checkpoint_path
-            if self.weights == "pretrained" and not path.exists():
+            if self.weights in SHIPPED and not path.exists():
                 raise ValueError(f"the shipped refiner weights are missing from the package ({path}); "
                                  "reinstall restore3d or pass Refiner.load(PATH)")
             model, meta = load_checkpoint(path)
@@ -229,9 +239,12 @@ class Refiner(Stage):
                 # estimated from the beads has no far wings, which a refiner may restore (the shipped one does)
                 ctx.logger.info("refiner %s", checked.summary())
             else:
-                ctx.logger.warning("refiner %s. This refiner does not suit these data: adapt it to your "
-                                   "microscope (restore3d train OUT --adapt-to STACK, or Refiner.adapt) or "
-                                   "use the classical stages alone (--no-refiner)", checked.summary())
+                other = [n for n in SHIPPED if n != self.weights]
+                ctx.logger.warning("refiner %s. This refiner does not suit these data: try the other shipped "
+                                   "weights (Refiner(%r), --refiner %s), adapt it to your microscope "
+                                   "(restore3d train OUT --adapt-to STACK, or Refiner.adapt) or use the "
+                                   "classical stages alone (--no-refiner)", checked.summary(), other[0],
+                                   other[0])
         ctx.report(report)
         return out
 

@@ -68,3 +68,26 @@ def test_rendering_refiner_measures_its_kernel_and_chunks_share_it(tmp_path):
     again = frozen.restore(np.asarray(rl), SP, psf=sim.psf, info=fixed)
     assert fixed["rendering"]["fixed"]
     np.testing.assert_allclose(again, out, rtol=1e-4, atol=1e-6 * float(out.max()))
+
+
+def test_shipped_rendering_weights_round_beads_and_keep_their_light():
+    """The second shipped weight set renders the target after its object: rounder beads, the data's light."""
+    import restore3d as r3
+    from restore3d.refiner import SHIPPED, Refiner
+    path = SHIPPED["pretrained-render"]
+    assert path.with_suffix(".pt").stat().st_size < 5 * 2 ** 20
+    ref = Refiner.pretrained("pretrained-render")
+    assert ref.meta["output_transform"] == "render_grid" and ref.meta["grid"]
+    sim = r3.simulate.simulate_beads((32, 128, 128), SP, flux=6000, seed=12)
+    pipe = r3.Pipeline(r3.presets.classical_stages().steps + [("refiner", ref)])
+    res = pipe.run(sim.raw, spacing=SP, keep=["rl"])
+    before = r3.metrics.evaluate(res.intermediates["rl"], target=sim.target, truth=sim.truth, spacing=SP)
+    after = r3.metrics.evaluate(np.asarray(res), target=sim.target, truth=sim.truth, spacing=SP)
+    assert after["elongation"] < 0.6 * before["elongation"]
+    assert after["nrmse_si"] < before["nrmse_si"]
+    assert after["background_residual"] < 0.02
+    check = res.info["refiner"]["self_check"]  # the light restored * PSF explains, against the data's
+    assert 0.8 <= check["flux"] <= 1.25, check
+    assert res.info["refiner"]["rendering"]["calibrated"]
+    with pytest.raises(ValueError, match="no shipped refiner weights named"):
+        Refiner.pretrained("best")
