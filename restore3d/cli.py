@@ -91,8 +91,12 @@ def _measured_psf(path):
 
 def _pipeline(args):
     import restore3d as r3
+
+    from .refiner import SHIPPED
     if args.config:
         pipe = r3.Pipeline.load(args.config)
+    elif getattr(args, "refiner", None) in SHIPPED and not args.no_refiner:
+        return r3.default_pipeline(refiner=args.refiner)
     else:
         pipe = r3.default_pipeline(refiner=not args.no_refiner)
     if args.no_refiner and "refiner" in pipe.named_steps:

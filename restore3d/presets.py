@@ -20,12 +20,23 @@ def classical_stages() -> Pipeline:
     return Pipeline([SubtractBackground(), EstimatePSF(), RichardsonLucy(iterations=10)])
 
 
-def default_pipeline(*, refiner: bool = True) -> Pipeline:
+def default_pipeline(*, refiner: bool | str = True) -> Pipeline:
     """The recommended pipeline: :func:`classical_stages` and the shipped refiner.
 
     With ``refiner=False`` the last step (``"refiner"``) is ``"passthrough"``.
+    ``refiner`` may also name a shipped weight set
+    (:data:`restore3d.refiner.SHIPPED`): ``"pretrained-render"`` is followed by
+    :class:`~restore3d.RemoveUnsupported` (``"support"``), which removes the
+    spots it puts where a dim volume's data hold none (benchmarks/RESULTS.md,
+    section 1).
     """
-    from .refiner import Refiner
+    from .refiner import SHIPPED, Refiner
+    from .stages import RemoveUnsupported
+    name = "pretrained" if refiner is True else refiner
+    if name is not False and name not in SHIPPED:
+        raise ValueError(f"refiner must be True, False or one of {sorted(SHIPPED)}, got {refiner!r}")
     steps = list(classical_stages().steps)
-    steps.append(("refiner", Refiner.pretrained() if refiner else "passthrough"))
+    steps.append(("refiner", Refiner.pretrained(name) if name else "passthrough"))
+    if name == "pretrained-render":
+        steps.append(("support", RemoveUnsupported()))
     return Pipeline(steps)

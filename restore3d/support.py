@@ -140,9 +140,10 @@ def remove_unsupported(restored: np.ndarray, data: np.ndarray, psf: np.ndarray, 
         As in :func:`spot_support`.
     min_support : float
         Fraction of the typical support below which a spot is not in the
-        data. 0.2 removed 30 of the 31 spots a refiner put more than 1 um
-        from every bead of a dim simulation (their support was 0 +- 0.3 of
-        the typical one) and 4 % of its real beads (benchmarks/RESULTS.md).
+        data. With 0.2, the spots the rendering refiner put more than 1 um
+        from every bead of two dim simulations went from 37 / 19 to 9 / 0
+        (AP 0.849 -> 0.872, 0.911 -> 0.896), and nothing was removed on
+        leica-beads or bright volumes (benchmarks/RESULTS.md, section 1).
     fraction : float
         Spots examined: maxima above this fraction of the typical bead.
     radius_um : float, optional

@@ -198,3 +198,14 @@ def test_repr_shows_non_defaults():
     """repr lists only changed parameters."""
     assert repr(AddConstant(2.0)) == "AddConstant(value=2.0)"
     assert "AddConstant()" in repr(r3.Pipeline([AddConstant()]))
+
+
+def test_default_pipeline_with_the_rendering_weights_ends_with_the_support_check():
+    import restore3d as r3
+    pipe = r3.default_pipeline(refiner="pretrained-render")
+    assert [n for n, _ in pipe.steps] == ["background", "psf", "rl", "refiner", "support"]
+    assert pipe["refiner"].weights == "pretrained-render"
+    assert [n for n, _ in r3.default_pipeline().steps] == ["background", "psf", "rl", "refiner"]
+    assert r3.default_pipeline(refiner=False)["refiner"] == "passthrough"
+    with pytest.raises(ValueError, match="refiner must be True, False or one of"):
+        r3.default_pipeline(refiner="best")

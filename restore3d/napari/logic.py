@@ -44,7 +44,7 @@ def build_pipeline(options: RestoreOptions) -> Pipeline:
     """The pipeline the options describe; ``ValueError`` names a wrong choice."""
     from ..background import METHODS
     from ..refiner import SHIPPED, Refiner
-    from ..stages import EstimatePSF, FitBeads, RichardsonLucy, SubtractBackground
+    from ..stages import EstimatePSF, FitBeads, RemoveUnsupported, RichardsonLucy, SubtractBackground
     if options.background not in METHODS + ("none",):
         raise ValueError(f"background must be one of {METHODS + ('none',)}, got {options.background!r}")
     if options.psf not in ("estimate", "layer"):
@@ -62,6 +62,8 @@ def build_pipeline(options: RestoreOptions) -> Pipeline:
     refiner = str(options.refiner or "none")
     if refiner in SHIPPED:
         steps.append(("refiner", Refiner.pretrained(refiner)))
+        if refiner == "pretrained-render":  # as default_pipeline: the spots dim data do not hold removed
+            steps.append(("support", RemoveUnsupported()))
     elif refiner != "none":
         if not Path(refiner).exists():
             raise ValueError(f"refiner checkpoint {refiner}: no such file; choose a .json/.pt checkpoint "
