@@ -64,8 +64,8 @@ SIMULATED = {
 }
 
 COLUMNS = ["stack", "stages", "seconds", "raw_beads", "beads", "invented", "elongation", "ideal_elongation",
-           "elongation_vs_ideal", "lateral_vs_raw", "lateral_vs_raw_smoothed", "flux_ratio", "flux_spread", "background",
-           "self_check"]
+           "elongation_vs_ideal", "lateral_vs_raw", "lateral_vs_raw_smoothed", "flux_ratio", "flux_spread",
+           "background", "self_check"]
 SIM_COLUMNS = ["stack", "stages", "spots", "spots_per_bead", "ap", "elongation", "target_elongation", "nrmse_si"]
 
 

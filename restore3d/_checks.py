@@ -10,8 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["as_volume", "as_spacing", "as_psf", "as_rng", "as_device", "check_voxel_spacing", "check_restorable",
-           "SPACING_RANGE_UM", "MIN_SHAPE"]
+__all__ = ["as_volume", "as_spacing", "as_psf", "as_restoration", "as_rng", "as_device", "check_voxel_spacing",
+           "check_restorable", "SPACING_RANGE_UM", "MIN_SHAPE"]
 
 #: Voxel sizes (micrometres) a light microscope records beads with; outside, the spacing is a mistake
 #: (pixels taken for micrometres, nanometres for micrometres) and the work would not fit in memory.
@@ -134,6 +134,15 @@ def as_psf(psf, *, name: str = "psf", volume_shape: Sequence[int] | None = None,
     if normalize:
         arr = (arr / np.float32(total)).astype(np.float32)
     return arr
+
+
+def as_restoration(restored, data, psf, spacing):
+    """``(restored, data, psf, spacing)`` checked for comparing a restoration with its data through the PSF."""
+    res = as_volume(restored, name="restored")
+    dat = as_volume(data, name="data")
+    if res.shape != dat.shape:
+        raise ValueError(f"restored shape {res.shape} differs from data shape {dat.shape}")
+    return res, dat, as_psf(psf), as_spacing(spacing)
 
 
 def as_rng(seed) -> np.random.Generator:

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._checks import as_psf, as_spacing, as_volume
+from ._checks import as_restoration
 from .target import lateral_fwhm, target_blur
 
 __all__ = ["SelfCheck", "check_restoration", "widths_against_ideal", "isolated_beads", "LIMITS"]
@@ -123,12 +123,7 @@ def check_restoration(restored: np.ndarray, data: np.ndarray, psf: np.ndarray, s
     """
     from .background import estimate_noise
     from .detect import measure_beads
-    res = as_volume(restored, name="restored")
-    dat = as_volume(data, name="data")
-    spacing = as_spacing(spacing)
-    psf = as_psf(psf)
-    if res.shape != dat.shape:
-        raise ValueError(f"restored shape {res.shape} differs from data shape {dat.shape}")
+    res, dat, psf, spacing = as_restoration(restored, data, psf, spacing)
     lim = {**LIMITS, **(limits or {})}
     fw = lateral_fwhm(psf, spacing) if fwhm_um is None else float(fwhm_um)
     window = _window_um(fw, spacing)

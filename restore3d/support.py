@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._checks import as_psf, as_spacing, as_volume
+from ._checks import as_restoration, as_spacing, as_volume
 
 __all__ = ["SupportInfo", "spot_support", "remove_unsupported"]
 
@@ -103,12 +103,7 @@ def spot_support(restored: np.ndarray, data: np.ndarray, psf: np.ndarray, spacin
     """
     from .assess import beads_above
     from .detect import positions_of
-    res = as_volume(restored, name="restored")
-    dat = as_volume(data, name="data")
-    spacing = as_spacing(spacing)
-    psf = as_psf(psf)
-    if res.shape != dat.shape:
-        raise ValueError(f"restored shape {res.shape} differs from data shape {dat.shape}")
+    res, dat, psf, spacing = as_restoration(restored, data, psf, spacing)
     spots, typical = beads_above(res, spacing, fraction=fraction)
     if not len(spots):
         return spots, np.zeros(0), typical
