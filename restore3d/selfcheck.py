@@ -37,7 +37,8 @@ import numpy as np
 from ._checks import as_restoration
 from .target import lateral_fwhm, target_blur
 
-__all__ = ["SelfCheck", "check_restoration", "widths_against_ideal", "isolated_beads", "LIMITS"]
+__all__ = ["SelfCheck", "check_restoration", "widths_against_ideal", "isolated_beads", "measurement_window_um",
+           "LIMITS"]
 
 #: Pass windows: roundness and width (ratios to the ideal), flux (ratio), consistency (residual).
 LIMITS = {"roundness": (0.85, 1.2), "width": (0.85, 1.15), "flux": (0.8, 1.25), "consistency": (0.0, 0.45)}
@@ -126,7 +127,7 @@ def check_restoration(restored: np.ndarray, data: np.ndarray, psf: np.ndarray, s
     res, dat, psf, spacing = as_restoration(restored, data, psf, spacing)
     lim = {**LIMITS, **(limits or {})}
     fw = lateral_fwhm(psf, spacing) if fwhm_um is None else float(fwhm_um)
-    window = _window_um(fw, spacing)
+    window = measurement_window_um(fw, spacing)
     beads, iso, m, ideal = widths_against_ideal(res, spacing, fw, max_beads=max_beads)
     roundness = width = float("nan")
     if len(iso):
@@ -176,7 +177,7 @@ def check_restoration(restored: np.ndarray, data: np.ndarray, psf: np.ndarray, s
                      n_beads=len(iso), fwhm_um=fw, failed=failed)
 
 
-def _window_um(fwhm_um, spacing):
+def measurement_window_um(fwhm_um, spacing):
     """Half-size (um per axis) of the window a bead's widths are measured in."""
     return tuple(max(3 * fwhm_um, 3 * d) for d in spacing)
 
@@ -217,7 +218,7 @@ def widths_against_ideal(volume: np.ndarray, spacing: Sequence[float], fwhm_um: 
     beads, iso = isolated_beads(volume, spacing, fwhm_um, max_beads=max_beads)
     if not len(iso):
         return beads, iso, None, None
-    window = _window_um(fwhm_um, spacing)
+    window = measurement_window_um(fwhm_um, spacing)
     measured = measure_beads(volume, spacing, iso, window_um=window)
     ideal = measure_beads(ideal_volume(iso, volume.shape, spacing, fwhm_um), spacing, iso, window_um=window)
     return beads, iso, measured, ideal

@@ -11,11 +11,14 @@ wider along the axis the network sharpened least (measured on real stacks:
 Variances of convolved blurs add, so the object's own variance along each
 axis is what the rendered beads have beyond the kernel's. It is measured on
 the volume's own isolated beads, beside ideal beads rendered at the same
-positions on the same grid (:func:`restore3d.selfcheck.widths_against_ideal`,
-which cancels the sampling's effect on a width), and the kernel's variance
-is lowered by it: ``kernel^2 = target^2 - object^2`` per axis, within
-``[(floor * target)^2, target^2]``. Nothing is sharpened: the kernel is still
-a blur, only a narrower one, and each bead's light is kept.
+positions on the same grid (which cancels the sampling's effect on a width):
+from half-maximum widths along axes sampled at two or more voxels per FWHM,
+from profile variances along coarser ones (where a half-maximum on one or
+two planes moves with the bead's position between them). The kernel's
+variance is lowered by it, ``kernel^2 = target^2 - object^2`` per axis
+within ``[(floor * target)^2, target^2]``, in two rounds. Nothing is
+sharpened: the kernel is still a blur, only a narrower one, and each bead's
+light is kept.
 """
 from __future__ import annotations
 
@@ -96,6 +99,10 @@ def calibrate_kernel(render_with, spacing: Sequence[float], fwhm_um: float, sigm
         Fewer isolated beads than this: the starting kernel is kept.
     floor : float
         The kernel's sigma stays at least ``floor`` x the target's.
+    fine_samples : float
+        Axes sampled at least this many voxels per target FWHM are measured
+        by half-maximum widths (what users and the self-check measure), the
+        coarser ones by profile variances (:func:`marginal_variances`).
 
     Returns
     -------
@@ -108,7 +115,7 @@ def calibrate_kernel(render_with, spacing: Sequence[float], fwhm_um: float, sigm
     """
     from ..assess import ideal_volume
     from ..detect import measure_beads
-    from ..selfcheck import isolated_beads
+    from ..selfcheck import isolated_beads, measurement_window_um
     target = fwhm_um / FWHM_PER_SIGMA
     lo, hi = (floor * target) ** 2, target ** 2
     half = tuple(3.0 * fwhm_um for _ in range(3))
@@ -126,7 +133,7 @@ def calibrate_kernel(render_with, spacing: Sequence[float], fwhm_um: float, sigm
         excess = np.nanmedian(marginal_variances(rendered, spacing, iso, half)
                               - marginal_variances(ideal_vol, spacing, iso, half), axis=0)
         if np.any(fine):  # half-maximum widths where sampled finely enough: the width users measure
-            window = tuple(max(3 * fwhm_um, 3 * d) for d in spacing)
+            window = measurement_window_um(fwhm_um, spacing)
             got = measure_beads(rendered, spacing, iso, window_um=window)
             ideal = measure_beads(ideal_vol, spacing, iso, window_um=window)
             for a, ax in enumerate("zyx"):

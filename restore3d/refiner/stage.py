@@ -191,23 +191,23 @@ class Refiner(Stage):
                       calibrate=self.calibrate, kernel_um=self.kernel_um, info=info)
 
     def freeze(self, sample, ctx):
-        """Measure the intensity normalisation (and a rendering refiner's kernel) once on the sample, for all chunks."""
+        """Measure the intensity normalisation (and a rendering refiner's kernel) once on the sample."""
         from .checkpoint import normalizer_of
         from .inference import working_grid_of
         from .transforms import RENDERING, apply_input_transform
-        _, meta = self.network()
+        model, meta = self.network()
         inp = apply_input_transform(sample, ctx.spacing, meta.get("input_transform"), ctx.psf)
         grid = working_grid_of(meta, inp.shape, ctx.spacing, ctx.psf)
         stats = normalizer_of(meta).stats(inp if grid is None else grid.to_work(inp))
         intensity = [float(stats[0]), float(stats[1])]
         kernel = self.kernel_um
         if kernel is None and self.calibrate and meta.get("output_transform") in RENDERING:
-            probe = Refiner(self.weights, device=self.device, tile_shape=self.tile_shape,
-                            max_voxels=self.max_voxels, intensity=intensity, precision=self.precision,
-                            check=False, calibrate=True)
-            info = {}
-            probe.restore(sample, ctx.spacing, psf=ctx.psf, device=self.device or ctx.device, info=info)
-            if info.get("rendering", {}).get("calibrated"):
+            from .inference import refine
+            info = {}  # the kernel measured on the sample, rendered alike in every chunk
+            refine(as_volume(sample), ctx.spacing, model=model, meta=meta, psf=ctx.psf,
+                   device=self.device or ctx.device, tile_shape=self.tile_shape, max_voxels=self.max_voxels,
+                   intensity=intensity, precision=self.precision, info=info)
+            if info["rendering"]["calibrated"]:
                 from ..target import FWHM_PER_SIGMA
                 kernel = [v / FWHM_PER_SIGMA for v in info["rendering"]["kernel_fwhm_um"]]
         return Refiner(self.weights, device=self.device, tile_shape=self.tile_shape,
