@@ -18,7 +18,7 @@ from .detect import positions_of
 from .pipeline import RunContext, Stage
 from .psf import crop_psf, fwhm, given_psf, make_psf, resolution_um
 from .psf_estimation import estimate_psf
-from .support import remove_unsupported
+from .support import check_min_support, remove_unsupported
 
 __all__ = ["SubtractBackground", "EstimatePSF", "RichardsonLucy", "BlindDeconvolution", "FitBeads",
            "RemoveSpecks", "RemoveUnsupported"]
@@ -458,13 +458,11 @@ class RemoveUnsupported(Stage):
     """
 
     default_name = "support"
-    bytes_per_voxel = 12.0  # the restored copy and the data's floor-free copy
+    bytes_per_voxel = 12.0  # the restored copy, float32 views of the inputs and the removal's masks
 
     def __init__(self, *, min_support: float = _SUPPORT["min_support"], fraction: float = _SUPPORT["fraction"],
                  radius_um: float | None = None, typical_support: float | None = None):
-        if not 0 <= min_support < 1:
-            raise ValueError(f"min_support must be in [0, 1) (a fraction of the typical spot's support), "
-                             f"got {min_support!r}")
+        check_min_support(min_support)
         self.min_support = min_support
         self.fraction = fraction
         self.radius_um = radius_um

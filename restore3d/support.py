@@ -25,7 +25,7 @@ import numpy as np
 
 from ._checks import as_restoration, as_spacing, as_volume
 
-__all__ = ["SupportInfo", "spot_support", "remove_unsupported"]
+__all__ = ["SupportInfo", "spot_support", "remove_unsupported", "check_min_support"]
 
 
 @dataclasses.dataclass
@@ -48,6 +48,13 @@ class SupportInfo:
     typical_support: float
     n_removed: int
     light_removed: float
+
+
+def check_min_support(min_support) -> None:
+    """``ValueError`` naming the fix unless ``0 <= min_support < 1``."""
+    if not 0 <= min_support < 1:
+        raise ValueError(f"min_support must be in [0, 1) (a fraction of the typical spot's support), "
+                         f"got {min_support!r}")
 
 
 def _windowed_dot(volume, kernel, centres):
@@ -160,9 +167,7 @@ def remove_unsupported(restored: np.ndarray, data: np.ndarray, psf: np.ndarray, 
 
     from .detect import positions_of
     from .psf import resolution_um
-    if not 0 <= min_support < 1:
-        raise ValueError(f"min_support must be in [0, 1) (a fraction of the typical spot's support), "
-                         f"got {min_support!r}")
+    check_min_support(min_support)
     spacing = as_spacing(spacing)
     out = np.array(as_volume(restored, name="restored"), dtype=np.float32, copy=True)
     spots, support, typical = spot_support(out, data, psf, spacing, fraction=fraction)

@@ -130,8 +130,10 @@ def calibrate_kernel(render_with, spacing: Sequence[float], fwhm_um: float, sigm
         if len(iso) < min_beads:
             break
         ideal_vol = ideal_volume(iso, rendered.shape, spacing, fwhm_um)
-        excess = np.nanmedian(marginal_variances(rendered, spacing, iso, half)
-                              - marginal_variances(ideal_vol, spacing, iso, half), axis=0)
+        excess = np.zeros(3)
+        if not np.all(fine):  # profile variances where too coarse for a half-maximum
+            excess = np.nanmedian(marginal_variances(rendered, spacing, iso, half)
+                                  - marginal_variances(ideal_vol, spacing, iso, half), axis=0)
         if np.any(fine):  # half-maximum widths where sampled finely enough: the width users measure
             window = measurement_window_um(fwhm_um, spacing)
             got = measure_beads(rendered, spacing, iso, window_um=window)
