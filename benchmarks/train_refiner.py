@@ -24,6 +24,12 @@ from restore3d.refiner.model import UNetConfig
 from restore3d.refiner.training.train import TrainConfig, train
 
 
+def unet_config(channels, depth):
+    """The U-Net: lateral-only pooling first (thin stacks), then isotropic ones."""
+    pools = ((1, 2, 2),) + ((2, 2, 2),) * (depth - 1)
+    return UNetConfig(depth=depth, base_channels=channels, pools=pools)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="restore3d/refiner/weights/default")
@@ -42,6 +48,9 @@ def main():
     ap.add_argument("--patience", type=int, default=10, help="epochs (100 steps) without a better validation loss")
     ap.add_argument("--init", default=None, help="checkpoint to fine-tune (its architecture and transforms kept)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine to 1/100 of it)")
+    ap.add_argument("--channels", type=int, default=UNetConfig.base_channels,
+                    help="U-Net channels at full resolution (a new network only)")
+    ap.add_argument("--depth", type=int, default=UNetConfig.depth, help="U-Net poolings (a new network only)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = ({"weight": args.weight, "tau": args.tau, "dilate": args.dilate}
@@ -51,7 +60,7 @@ def main():
                       time_limit=None if args.minutes is None else 60 * args.minutes)
     command = "python benchmarks/train_refiner.py " + " ".join(sys.argv[1:])
     t0 = time.perf_counter()
-    res = train(args.out, config=cfg, model_config=UNetConfig(), ranges=simulation_ranges(args.range),
+    res = train(args.out, config=cfg, model_config=unet_config(args.channels, args.depth), ranges=simulation_ranges(args.range),
                 threads=args.threads, command=command, progress=True, init=args.init)
     wall = time.perf_counter() - t0
     print(json.dumps({"command": command, "wall_seconds": round(wall, 1), "pool_seconds": round(res.pool_seconds, 1),

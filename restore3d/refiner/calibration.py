@@ -94,7 +94,8 @@ def calibrate_kernel(render_with, spacing: Sequence[float], fwhm_um: float, sigm
         The kernel rendered without measurement (the starting point).
     rounds : int
         Measure-and-correct rounds (the second takes up what the first's
-        bead selection and non-Gaussian profiles left).
+        non-Gaussian profiles left), on the isolated beads found in the
+        first.
     min_beads : int
         Fewer isolated beads than this: the starting kernel is kept.
     floor : float
@@ -123,24 +124,29 @@ def calibrate_kernel(render_with, spacing: Sequence[float], fwhm_um: float, sigm
     fine = fwhm_um / np.asarray(spacing, float) >= fine_samples
     report = {"calibrated": False, "n_beads": 0, "target_fwhm_um": float(fwhm_um),
               "half_maximum_axes": "".join(a for a, f in zip("zyx", fine) if f)}
+    iso = ideal_vol = None
     for _ in range(max(1, int(rounds))):
         rendered = render_with(sigma)
-        _, iso = isolated_beads(rendered, spacing, fwhm_um, max_beads=max_beads)
-        report["n_beads"] = int(len(iso))
-        if len(iso) < min_beads:
-            break
-        ideal_vol = ideal_volume(iso, rendered.shape, spacing, fwhm_um)
+        if iso is None:  # the beads are found once: a narrower kernel moves no maximum
+            _, iso = isolated_beads(rendered, spacing, fwhm_um, max_beads=max_beads)
+            report["n_beads"] = int(len(iso))
+            if len(iso) < min_beads:
+                break
+            ideal_vol = ideal_volume(iso, rendered.shape, spacing, fwhm_um)
         excess = np.zeros(3)
         if not np.all(fine):  # profile variances where too coarse for a half-maximum
-            excess = np.nanmedian(marginal_variances(rendered, spacing, iso, half)
-                                  - marginal_variances(ideal_vol, spacing, iso, half), axis=0)
+            diff = (marginal_variances(rendered, spacing, iso, half)
+                    - marginal_variances(ideal_vol, spacing, iso, half))
+            excess = np.array([np.median(c[np.isfinite(c)]) if np.isfinite(c).any() else np.nan for c in diff.T])
         if np.any(fine):  # half-maximum widths where sampled finely enough: the width users measure
             window = measurement_window_um(fwhm_um, spacing)
             got = measure_beads(rendered, spacing, iso, window_um=window)
             ideal = measure_beads(ideal_vol, spacing, iso, window_um=window)
             for a, ax in enumerate("zyx"):
                 if fine[a]:
-                    excess[a] = np.nanmedian(got[f"fwhm_{ax}"] ** 2 - ideal[f"fwhm_{ax}"] ** 2) / FWHM_PER_SIGMA ** 2
+                    diff = got[f"fwhm_{ax}"] ** 2 - ideal[f"fwhm_{ax}"] ** 2
+                    diff = diff[np.isfinite(diff)]  # no measurable bead: NaN, the kernel as trained
+                    excess[a] = np.median(diff) / FWHM_PER_SIGMA ** 2 if diff.size else np.nan
         if not np.all(np.isfinite(excess)):
             break
         report["excess_fwhm_um"] = [float(np.sign(v) * FWHM_PER_SIGMA * np.sqrt(abs(v))) for v in excess]
