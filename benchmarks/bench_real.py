@@ -115,16 +115,17 @@ def main():
     ap.add_argument("--only", nargs="*", default=None, help="run the stacks whose name contains one of these")
     ap.add_argument("--crop", action="store_true", help="crop real stacks to 256 x 256 laterally (quick look)")
     ap.add_argument("--support", action="store_true",
-                    help="end the hybrid with RemoveUnsupported (spots the data do not hold removed)")
+                    help="end the hybrid with RemoveUnsupported (spots the data do not hold removed) after a "
+                         "refiner that does not render (a rendering one always is, as in default_pipeline)")
     ap.add_argument("--no-calibrate", action="store_true",
                     help="render a rendering refiner's kernel as trained, not measured on the volume")
     args = ap.parse_args()
     print(machine())
     kw = {"calibrate": not args.no_calibrate}
     refiner = Refiner.pretrained(args.weights, **kw) if args.weights in SHIPPED else Refiner.load(args.weights, **kw)
-    after = [("support", RemoveUnsupported())] if args.support else []
+    after = [("support", RemoveUnsupported())] if args.support or refiner.renders else []
     print(f"refiner: {args.weights}{' (kernel as trained)' if args.no_calibrate else ''}"
-          f"{'; then RemoveUnsupported' if args.support else ''}")
+          f"{'; then RemoveUnsupported' if after else ''}")
     rows, sim_rows = [], []
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
     for name, (rel, spacing) in REAL.items():

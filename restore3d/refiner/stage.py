@@ -15,10 +15,10 @@ __all__ = ["Refiner", "PRETRAINED", "SHIPPED"]
 log = logging.getLogger(__name__)
 
 #: The shipped weight sets by name (``Refiner(name)``): "pretrained", the default (trained on widefield
-#: simulations, its input rendered at the target resolution), and "pretrained-render" (trained on
-#: widefield, confocal and light-sheet simulations; predicts each bead's object and renders the target
-#: after it: rounder and as bright as the data on real confocal and light-sheet beads, fewer dim beads
-#: found on dim widefield volumes; benchmarks/RESULTS.md, sections 1-2).
+#: simulations, its input rendered at the target resolution), and "pretrained-render" (a smaller network
+#: trained on widefield, confocal and light-sheet simulations; predicts each bead's object and renders
+#: the target after it: round beads with about the data's light on real confocal and light-sheet
+#: stacks, fewer dim beads found on a dim NA 1.4 volume; benchmarks/RESULTS.md, sections 1-2).
 SHIPPED = {"pretrained": Path(__file__).with_name("weights") / "default.json",
            "pretrained-render": Path(__file__).with_name("weights") / "render.json"}
 PRETRAINED = SHIPPED["pretrained"]
@@ -129,6 +129,16 @@ class Refiner(Stage):
         return self._cache[1], self._cache[2]
 
     @property
+    def renders(self) -> bool:
+        """Whether the network predicts bead objects and renders the target's kernel after them.
+
+        Read from the checkpoint's description (no network loaded).
+        """
+        from .checkpoint import read_meta
+        from .transforms import RENDERING
+        return read_meta(self.checkpoint_path).get("output_transform") in RENDERING
+
+    @property
     def meta(self) -> dict:
         """The checkpoint's JSON description."""
         return self.network()[1]
@@ -200,6 +210,11 @@ class Refiner(Stage):
         grid = working_grid_of(meta, inp.shape, ctx.spacing, ctx.psf)
         stats = normalizer_of(meta).stats(inp if grid is None else grid.to_work(inp))
         intensity = [float(stats[0]), float(stats[1])]
+        if grid is not None:
+            log.warning("refiner %s runs chunk-wise on a working grid laid per chunk: its result may differ "
+                        "from a whole-volume run's (up to 0.37 of the maximum measured with 64-voxel chunks, "
+                        "benchmarks/RESULTS.md section 5); raise the memory budget (--memory-budget) to run "
+                        "it whole", self.weights)
         kernel = self.kernel_um
         if kernel is None and self.calibrate and meta.get("output_transform") in RENDERING:
             from .inference import refine
