@@ -30,6 +30,18 @@ def unet_config(channels, depth):
     return UNetConfig(depth=depth, base_channels=channels, pools=pools)
 
 
+def save_last(out):
+    """The last step's weights (kept in OUT.state.pt to resume) as a checkpoint OUT_last, with OUT's description."""
+    from restore3d.refiner.checkpoint import load_checkpoint, read_meta, save_checkpoint
+    model, _ = load_checkpoint(out + ".pt", device="cpu")
+    state = torch.load(out + ".state.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    meta = {k: v for k, v in read_meta(out + ".json").items()
+            if k not in ("format", "restore3d_version", "architecture", "weights", "sha256")}
+    meta["training"]["kept"] = f"last step ({state['step']})"
+    print("last step's weights:", save_checkpoint(out + "_last", model, meta))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="restore3d/refiner/weights/default")
@@ -51,6 +63,8 @@ def main():
     ap.add_argument("--channels", type=int, default=UNetConfig.base_channels,
                     help="U-Net channels at full resolution (a new network only)")
     ap.add_argument("--depth", type=int, default=UNetConfig.depth, help="U-Net poolings (a new network only)")
+    ap.add_argument("--save-last", action="store_true",
+                    help="also write the last step's weights as OUT_last.pt / .json (OUT.pt is the best validation)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = ({"weight": args.weight, "tau": args.tau, "dilate": args.dilate}
@@ -63,6 +77,8 @@ def main():
     res = train(args.out, config=cfg, model_config=unet_config(args.channels, args.depth), ranges=simulation_ranges(args.range),
                 threads=args.threads, command=command, progress=True, init=args.init)
     wall = time.perf_counter() - t0
+    if args.save_last:
+        save_last(args.out)
     print(json.dumps({"command": command, "wall_seconds": round(wall, 1), "pool_seconds": round(res.pool_seconds, 1),
                       "train_seconds": round(res.seconds, 1), "steps": res.steps, "best": res.best}, indent=2))
 
