@@ -51,6 +51,28 @@ def seams():
     return rows
 
 
+def render_seams():
+    """The rendering refiner chunk-wise (128 x 128 chunks, automatic halo) against the whole volume."""
+    import restore3d as r3
+    from restore3d import metrics
+    from restore3d.chunked import run_chunked
+    sim = r3.simulate.simulate_beads((24, 384, 384), SP, n_beads=150, flux=6000, seed=8)
+    pipe = r3.Pipeline([r3.SubtractBackground(method="percentile"), r3.EstimatePSF(),
+                        r3.RichardsonLucy(iterations=5), r3.Refiner.pretrained("pretrained-render", precision="fp32")])
+    rows = []
+    whole = None
+    for label, chunks in (("whole", (24, 384, 384)), ("chunks of 128 x 128", (24, 128, 128))):
+        out = run_chunked(pipe, sim.raw, spacing=SP, chunks=chunks, sample_shape=(24, 256, 256)).compute(
+            scheduler="threads", num_workers=1)
+        whole = out if whole is None else whole
+        d = np.abs(out - whole)[:, 8:-8, 8:-8] / whole.max()
+        m = metrics.evaluate(out, target=sim.target, truth=sim.truth, spacing=SP)
+        rows.append({"run": label, "max abs diff / max": float(d.max()),
+                     "99.99th pct abs diff / max": float(np.quantile(d, 0.9999)),
+                     "elongation": m["elongation"], "nrmse_si": m["nrmse_si"], "ap": m["ap"]})
+    return rows
+
+
 def make_input(path, shape, chunks=(32, 256, 256)):
     """A large bead volume written block by block (never whole in memory)."""
     import dask.array as da
@@ -275,7 +297,8 @@ BIG = dict(spacing=(0.1, 0.0443, 0.0443), bead_diameter=0.17, flux=60000.0,
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("all", "stages", "big", "seams", "memory", "throughput"))
+    ap.add_argument("what", choices=("all", "stages", "big", "seams", "render-seams", "memory",
+                                           "throughput"))
     ap.add_argument("--size", type=int, default=None, help="stages: one size (run in a fresh process)")
     ap.add_argument("--budget", type=float, default=None, help="big: memory budget in GB")
     ap.add_argument("--shape", nargs=3, type=int, default=None)
@@ -313,6 +336,10 @@ def main():
             raise RuntimeError(r.stderr[-2000:])
         print("## The default pipeline on 71 x 1024 x 1024 uint8 (leica-like confocal)\n")
         print(r.stdout.strip().splitlines()[-1])
+    if args.what == "render-seams":
+        rows = render_seams()
+        print(table(rows, list(rows[0])))
+        return
     if args.what in ("all", "seams"):
         print("## Chunked vs whole volume (32 x 256 x 256, chunks 32 x 128 x 128)\n")
         print(table(seams(), ["pipeline", "halo (z, y, x)", "max |chunked - whole| / max", "chunked s (4 chunks)",

@@ -211,10 +211,10 @@ class Refiner(Stage):
         stats = normalizer_of(meta).stats(inp if grid is None else grid.to_work(inp))
         intensity = [float(stats[0]), float(stats[1])]
         if grid is not None:
-            log.warning("refiner %s runs chunk-wise on a working grid laid per chunk: its result may differ "
-                        "from a whole-volume run's (up to 0.37 of the maximum measured with 64-voxel chunks, "
-                        "benchmarks/RESULTS.md section 5); raise the memory budget (--memory-budget) to run "
-                        "it whole", self.weights)
+            log.warning("refiner %s runs chunk-wise on a working grid laid per chunk: single beads may differ "
+                        "from a whole-volume run's (up to 0.23 of the maximum with 128-voxel chunks, the "
+                        "volume's scores unchanged; benchmarks/RESULTS.md section 5); raise the memory budget "
+                        "(--memory-budget) to run it whole", self.weights)
         kernel = self.kernel_um
         if kernel is None and self.calibrate and meta.get("output_transform") in RENDERING:
             from .inference import refine
