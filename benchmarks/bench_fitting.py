@@ -122,12 +122,14 @@ def scale_table(work="/tmp/r3-scale"):
 def dim_ap_table():
     rows = []
     fit = r3.Pipeline([r3.SubtractBackground(), r3.EstimatePSF(), r3.FitBeads()])
+    fit2 = r3.Pipeline([r3.SubtractBackground(), r3.EstimatePSF(), r3.FitBeads(min_significance=2.0)])
     from bench_real import SIMULATED
     for name in DIM:
         spec = dict(SIMULATED[name])
         sp = spec.pop("spacing")
         sim = simulate_beads((32, 256, 256), sp, seed=3, **spec)
-        for label, pipe in (("hybrid", r3.default_pipeline()), ("background -> PSF -> FitBeads", fit)):
+        for label, pipe in (("hybrid", r3.default_pipeline()), ("background -> PSF -> FitBeads", fit),
+                            ("... FitBeads(min_significance=2)", fit2)):
             t0 = time.perf_counter()
             out = np.asarray(pipe.run(sim.raw, spacing=sp))
             m = metrics.evaluate(out, target=sim.target, truth=sim.truth, spacing=sp)
