@@ -25,7 +25,7 @@ def default_pipeline(*, refiner: bool | str = True) -> Pipeline:
 
     With ``refiner=False`` the last step (``"refiner"``) is ``"passthrough"``.
     ``refiner`` may also name a shipped weight set
-    (:data:`restore3d.refiner.SHIPPED`): ``"pretrained-render"`` is followed by
+    (:data:`restore3d.refiner.SHIPPED`); a rendering one (``"pretrained-render"``) is followed by
     :class:`~restore3d.RemoveUnsupported` (``"support"``), which removes the
     spots it puts where a dim volume's data hold none (benchmarks/RESULTS.md,
     section 1).
@@ -36,7 +36,8 @@ def default_pipeline(*, refiner: bool | str = True) -> Pipeline:
     if name is not False and name not in SHIPPED:
         raise ValueError(f"refiner must be True, False or one of {sorted(SHIPPED)}, got {refiner!r}")
     steps = list(classical_stages().steps)
-    steps.append(("refiner", Refiner.pretrained(name) if name else "passthrough"))
-    if name == "pretrained-render":
+    stage = Refiner.pretrained(name) if name else "passthrough"
+    steps.append(("refiner", stage))
+    if name and stage.renders:
         steps.append(("support", RemoveUnsupported()))
     return Pipeline(steps)

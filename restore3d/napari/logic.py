@@ -61,8 +61,9 @@ def build_pipeline(options: RestoreOptions) -> Pipeline:
         steps.append(("rl", RichardsonLucy(iterations=int(options.iterations))))
     refiner = str(options.refiner or "none")
     if refiner in SHIPPED:
-        steps.append(("refiner", Refiner.pretrained(refiner)))
-        if refiner == "pretrained-render":  # as default_pipeline: the spots dim data do not hold removed
+        stage = Refiner.pretrained(refiner)
+        steps.append(("refiner", stage))
+        if stage.renders:  # as default_pipeline: the spots dim data do not hold removed
             steps.append(("support", RemoveUnsupported()))
     elif refiner != "none":
         if not Path(refiner).exists():

@@ -132,7 +132,9 @@ class Refiner(Stage):
     def renders(self) -> bool:
         """Whether the network predicts bead objects and renders the target's kernel after them.
 
-        Read from the checkpoint's description (no network loaded).
+        Read from the checkpoint's description (no network loaded). Such a
+        refiner is followed by :class:`~restore3d.RemoveUnsupported` in
+        :func:`restore3d.default_pipeline` and the napari widget.
         """
         from .checkpoint import read_meta
         from .transforms import RENDERING
