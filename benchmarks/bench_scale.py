@@ -183,7 +183,7 @@ def _peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def stages_one(work, size, peers=True):
+def stages_one(work, size, peers=True, refiner=True):
     """Run in a fresh process: the default pipeline stage by stage on a central size x size crop."""
     import gc
     import restore3d as r3
@@ -192,7 +192,7 @@ def stages_one(work, size, peers=True):
     y0 = (full.shape[1] - size) // 2
     vol = np.ascontiguousarray(full[:, y0:y0 + size, y0:y0 + size]).astype(np.float32)
     spacing = FIELD["spacing"]
-    pipe = r3.default_pipeline()
+    pipe = r3.default_pipeline(refiner=refiner)
     ctx = RunContext(spacing=spacing, rng=np.random.default_rng(0))
     rows = []
     gc.collect()
@@ -233,11 +233,12 @@ def stages_one(work, size, peers=True):
                       "n_beads_psf": ctx.info.get("psf", {}).get("n_beads"), "rows": rows}))
 
 
-def stage_table(work, sizes=(256, 512, 1024)):
+def stage_table(work, sizes=(256, 512, 1024), refiner=None):
     field(work)
     runs = {}
     for size in sizes:
-        r = subprocess.run([sys.executable, __file__, "stages", "--size", str(size), "--work", work],
+        extra = ["--refiner", refiner] if refiner else []
+        r = subprocess.run([sys.executable, __file__, "stages", "--size", str(size), "--work", work] + extra,
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(r.stderr[-2000:])
@@ -305,6 +306,7 @@ def main():
     ap.add_argument("--chunks", nargs=3, type=int, default=(32, 256, 256))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--work", default="/tmp/r3-scale")
+    ap.add_argument("--refiner", default=None, help="stages: a shipped refiner other than the default's")
     args = ap.parse_args()
     import torch
     torch.set_num_threads(2)
@@ -313,14 +315,14 @@ def main():
         memory_one(tuple(args.shape), args.work, tuple(args.chunks), args.workers)
         return
     if args.what == "stages" and args.size:
-        stages_one(args.work, args.size)
+        stages_one(args.work, args.size, refiner=args.refiner or True)
         return
     if args.what == "big" and args.shape:
         big_one(args.work, tuple(args.shape), args.budget)
         return
     print(f"machine: {machine()}\n")
     if args.what in ("all", "stages"):
-        rows, info = stage_table(args.work)
+        rows, info = stage_table(args.work, refiner=args.refiner)
         print("## Stage times and peak RSS (default pipeline; crops of one 34 x 1024 x 1024 8-bit widefield field, "
               "40 beads per 512^2; each size in a fresh process)\n")
         print("sizes: " + "; ".join(f"{s}^2: shape {v[0]}, {v[1]} MB float32, PSF from {v[2]} beads"

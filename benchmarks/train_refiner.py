@@ -36,8 +36,7 @@ def save_last(out):
     model, _ = load_checkpoint(out + ".pt", device="cpu")
     state = torch.load(out + ".state.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
-    meta = {k: v for k, v in read_meta(out + ".json").items()
-            if k not in ("format", "restore3d_version", "architecture", "weights", "sha256")}
+    meta = read_meta(out + ".json")  # save_checkpoint sets the weights' own name, architecture and SHA-256
     meta["training"]["kept"] = f"last step ({state['step']})"
     print("last step's weights:", save_checkpoint(out + "_last", model, meta))
 
