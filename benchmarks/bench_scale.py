@@ -67,8 +67,8 @@ def render_seams():
         whole = out if whole is None else whole
         d = np.abs(out - whole)[:, 8:-8, 8:-8] / whole.max()
         m = metrics.evaluate(out, target=sim.target, truth=sim.truth, spacing=SP)
-        rows.append({"run": label, "max abs diff / max": float(d.max()),
-                     "99.99th pct abs diff / max": float(np.quantile(d, 0.9999)),
+        rows.append({"run": label, "max abs diff / max": f"{float(d.max()):.1e}",
+                     "99.99th pct abs diff / max": f"{float(np.quantile(d, 0.9999)):.1e}",
                      "elongation": m["elongation"], "nrmse_si": m["nrmse_si"], "ap": m["ap"]})
     return rows
 
@@ -260,8 +260,11 @@ def stage_table(work, sizes=(256, 512, 1024), refiner=None):
     return rows, info
 
 
-def big_one(work, shape=(71, 1024, 1024), budget=None):
-    """Run in a fresh process: the default pipeline on a uint8 volume of ``shape`` (chunked when over budget)."""
+def big_one(work, shape=(71, 1024, 1024), budget=None, refiner=True):
+    """Run in a fresh process: the default pipeline on a uint8 volume of ``shape`` (chunked when over budget).
+
+    ``refiner``: as ``default_pipeline(refiner=...)`` (True: the default weights).
+    """
     import restore3d as r3
     path = Path(work) / f"big_{'x'.join(map(str, shape))}.npy"
     if not path.exists():
@@ -281,7 +284,7 @@ def big_one(work, shape=(71, 1024, 1024), budget=None):
     base = _peak_mb()
     t0 = time.perf_counter()
     kw = {} if budget is None else {"memory_budget": budget}
-    res = r3.default_pipeline().run(vol, spacing=BIG["spacing"], **kw)
+    res = r3.default_pipeline(refiner=refiner).run(vol, spacing=BIG["spacing"], **kw)
     dt = time.perf_counter() - t0
     print(json.dumps({"shape": list(shape), "seconds": dt, "peak_rss_mb": _peak_mb(), "rss_after_load_mb": base,
                       "uint8_mb": vol.nbytes / 2 ** 20, "chunked": res.info.get("chunked"),
@@ -306,7 +309,7 @@ def main():
     ap.add_argument("--chunks", nargs=3, type=int, default=(32, 256, 256))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--work", default="/tmp/r3-scale")
-    ap.add_argument("--refiner", default=None, help="stages: a shipped refiner other than the default's")
+    ap.add_argument("--refiner", default=None, help="stages, big: a shipped refiner other than the default's")
     args = ap.parse_args()
     import torch
     torch.set_num_threads(2)
@@ -318,7 +321,7 @@ def main():
         stages_one(args.work, args.size, refiner=args.refiner or True)
         return
     if args.what == "big" and args.shape:
-        big_one(args.work, tuple(args.shape), args.budget)
+        big_one(args.work, tuple(args.shape), args.budget, refiner=args.refiner or True)
         return
     print(f"machine: {machine()}\n")
     if args.what in ("all", "stages"):
@@ -333,6 +336,8 @@ def main():
         cmd = [sys.executable, __file__, "big", "--shape", *map(str, shape), "--work", args.work]
         if args.budget is not None:
             cmd += ["--budget", str(args.budget)]
+        if args.refiner:
+            cmd += ["--refiner", args.refiner]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(r.stderr[-2000:])

@@ -71,6 +71,9 @@ class RunContext:
     info : dict
         The stages' reports by step name (and anything else they add); it
         ends up on the :class:`~restore3d.pipeline.Result`.
+    part_of : ((z, y, x), (Z, Y, X)) or None
+        For a chunk of a larger volume: where it starts in that volume
+        (voxels) and that volume's shape; None for a whole volume.
     """
 
     spacing: tuple
@@ -86,6 +89,7 @@ class RunContext:
     history: list = dataclasses.field(default_factory=list)
     step: str = ""
     info: dict = dataclasses.field(default_factory=dict)
+    part_of: tuple | None = None
 
     def report(self, values: dict) -> None:
         """File a stage's report under its step name (two RL steps keep two reports)."""

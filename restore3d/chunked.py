@@ -10,6 +10,15 @@ frozen, more context changed the result by less than 1e-3 of the maximum;
 measured in benchmarks/RESULTS.md), the refiner's receptive field, rounded
 up to the wavelet and pooling grids. Peak memory grows
 with the chunk size and the number of workers, not with the volume.
+
+Each block knows where it lies in the whole volume (``part_of``): a
+rendering refiner lays the whole volume's working grid over it, so chunks
+see the samples and poolings a whole-volume run sees.
+
+A volume held in memory but over the run's memory budget goes through
+:func:`run_within_budget` instead: the same frozen stages, each run over
+the whole volume in chunks with its own context only (not the sum of all
+the stages'), into whole-volume arrays between stages.
 """
 from __future__ import annotations
 
@@ -184,10 +193,22 @@ def run_chunked(pipeline: Pipeline, volume, *, spacing: Sequence[float], chunks=
     log.info("chunked run: chunks %s, halo %s, PSF %s", arr.chunksize, halo,
              None if ctx.psf is None else ctx.psf.shape)
     fixed_psf = ctx.psf
+    # a last chunk thinner than the halo joins the one before it (Dask would rechunk it otherwise, and
+    # each block's place in the whole volume must be known: stages lay the whole volume's grids)
+    arr = arr.rechunk(tuple(_merge_thin_tail(c, h) for c, h in zip(arr.chunks, halo)))
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in arr.chunks]
 
-    def restore_block(block):
+    def restore_block(block, block_info=None):
         if block.size == 0 or min(block.shape) == 0:
             return block.astype(np.float32)
+        # where the block (its chunk and the context before it) starts in the whole volume
+        where = block_info[0]["chunk-location"] if block_info else (0, 0, 0)
+        origin = tuple(int(max(0, st[i] - h)) for st, i, h in zip(starts, where, halo))
+        if block_info:
+            expected = tuple(min(st[i] + c[i] + h, n) - o for st, c, i, h, n, o in
+                             zip(starts, arr.chunks, where, halo, arr.shape, origin))
+            if block.shape != expected:
+                raise RuntimeError(f"chunk {where}: block {block.shape} where {expected} was planned")
         block = np.asarray(block, np.float32) * np.float32(gain)
         pad = [(0, max(0, m - n)) for n, m in zip(block.shape, MIN_SHAPE)]  # a thin remainder at an edge
         padded = np.pad(block, pad, mode="edge") if any(b for _, b in pad) else block
@@ -195,7 +216,9 @@ def run_chunked(pipeline: Pipeline, volume, *, spacing: Sequence[float], chunks=
         if psf_b is not None and any(p > n for p, n in zip(psf_b.shape, padded.shape)):
             from .psf import crop_psf
             psf_b = crop_psf(psf_b, padded.shape)
-        res = frozen.run(padded, spacing=spacing, psf=psf_b, seed=seed, device=device, rescale=False)
+        # the chunks are already sized to the budget: a chunk never goes chunk-wise again
+        res = frozen.run(padded, spacing=spacing, psf=psf_b, seed=seed, device=device, rescale=False,
+                         part_of=(origin, tuple(arr.shape)), memory_budget=None)
         out = np.asarray(res, np.float32)[tuple(slice(0, n) for n in block.shape)]
         return out / np.float32(gain)
 
@@ -204,6 +227,14 @@ def run_chunked(pipeline: Pipeline, volume, *, spacing: Sequence[float], chunks=
         return out, ctx, {"chunks": tuple(int(c) for c in arr.chunksize), "halo": tuple(halo),
                           "n_chunks": int(np.prod(arr.numblocks))}
     return out
+
+
+def _merge_thin_tail(chunks, halo) -> tuple:
+    """Chunk sizes along one axis with a last chunk thinner than ``halo`` merged into the one before."""
+    chunks = tuple(int(c) for c in chunks)
+    if len(chunks) > 1 and chunks[-1] < halo:
+        return chunks[:-2] + (chunks[-2] + chunks[-1],)
+    return chunks
 
 
 def _positive_triple(values, name, allow_zero=False):
@@ -225,22 +256,91 @@ def chunk_blocker(pipeline: Pipeline, keep=()) -> str | None:
     return "intermediates were asked for" if keep else None
 
 
-def run_within_budget(pipeline: Pipeline, vol, spacing, psf, rng, device, budget, need, logger) -> Result:
-    """``pipeline`` run on ``vol`` chunk-wise within ``budget`` bytes (see :func:`chunk_blocker` first)."""
-    import dask
-    import dask.array as da
+def run_within_budget(pipeline: Pipeline, vol, spacing, psf, rng, device, budget, need, logger,
+                      sample_shape=(64, 256, 256)) -> Result:
+    """``pipeline`` run on ``vol`` within ``budget`` bytes, stage by stage in chunks (see :func:`chunk_blocker` first).
+
+    Global quantities are measured once on a central sample block
+    (:func:`freeze_pipeline`); then each stage runs over the whole volume
+    chunk by chunk with its own context (:meth:`~restore3d.base.Stage.halo`),
+    its result written into a whole-volume array the next stage reads. Each
+    chunk's context is then one stage's, not the sum of all (as a chunk
+    that runs every stage needs, :func:`run_chunked`), at the price of three
+    float32 copies of the volume: the one being read, the one being written
+    and the background-free volume later stages compare with. ``vol`` (the
+    run's own float32 copy) is overwritten.
+    """
     start = time.perf_counter()
-    # the run's input copy and its output stay whole: the chunks share what is left
-    lazy, ctx, plan = run_chunked(pipeline, vol, spacing=spacing, chunks="auto", psf=psf, seed=rng, device=device,
-                                  memory_budget=max(budget - 4.0 * vol.size, 0.25 * budget),
-                                  return_context=True)
-    logger.info("the volume %s needs about %.1f GB whole, above the memory budget of %.1f GB: "
-                "restoring it in chunks of %s with %s voxels of context", vol.shape, need / 1e9, budget / 1e9,
-                plan["chunks"], plan["halo"])
-    out = np.empty(vol.shape, np.float32)
-    with dask.config.set(scheduler="synchronous"):
-        da.store(lazy, out, lock=False)
-    ctx.info["chunked"] = {**plan, "estimate_gb": need / 1e9, "budget_gb": budget / 1e9}
+    vol = np.asarray(vol, np.float32)
+    sample = _sample(vol, sample_shape)
+    gain = intensity_gain(sample)
+    frozen, fctx = freeze_pipeline(pipeline, sample * np.float32(gain), spacing=spacing, psf=psf, seed=rng,
+                                   device=device)
+    if gain != 1.0:
+        vol *= np.float32(gain)
+    arrays = 3 * 4.0 * vol.size  # the volume read, the one written and the background-free one
+    left = max(budget - arrays, 0.25 * budget)
+    logger.info("the volume %s needs about %.1f GB whole, above the memory budget of %.1f GB: restoring it "
+                "in chunks, stage by stage", vol.shape, need / 1e9, budget / 1e9)
+    ctx = RunContext(spacing=spacing, psf=fctx.psf, rng=as_rng(rng), logger=logger, device=device,
+                     psf_given=psf is not None, info=fctx.info)
+    current, spare, background_free = vol, None, None
+    plans, timings = {}, {}
+    for name, stage in [(n, s) for n, s in frozen.steps if s != PASSTHROUGH]:
+        t0 = time.perf_counter()
+        ctx.step = name
+        one = Pipeline([(name, stage)])
+        grid = pipeline_alignment(one, spacing)
+        halo = _round_up(stage.halo(spacing, ctx.psf), grid)
+        chunks = plan_chunks(one, vol.shape, spacing, ctx.psf, halo, grid, left)
+        out = spare if spare is not None and spare is not background_free else np.empty_like(vol)
+        n = _stage_in_chunks(stage, current, out, chunks, halo, ctx, background_free)
+        plans[name] = {"chunks": tuple(int(c) for c in chunks), "halo": tuple(int(h) for h in halo),
+                       "n_chunks": n}
+        ctx.history.append(type(stage).__name__)
+        if type(stage).__name__ == "SubtractBackground":
+            background_free = out
+        spare, current = current, out
+        timings[name] = time.perf_counter() - t0
+        logger.info("stage %r done in %.2f s (%d chunks of %s, context %s)", name, timings[name], n,
+                    plans[name]["chunks"], plans[name]["halo"])
+    if gain != 1.0:
+        current /= np.float32(gain)
+    widest = max(plans.values(), key=lambda p: p["n_chunks"])
+    ctx.info["chunked"] = {"stagewise": plans, "n_chunks": widest["n_chunks"], "chunks": widest["chunks"],
+                           "halo": widest["halo"], "estimate_gb": need / 1e9, "budget_gb": budget / 1e9}
     ctx.info["history"] = list(ctx.history)
-    return Result(out, spacing=spacing, psf=ctx.psf, timings={"total": time.perf_counter() - start},
-                  beads=None, pipeline=pipeline.to_dict(), info=ctx.info, intermediates={})
+    timings["total"] = time.perf_counter() - start
+    return Result(current, spacing=spacing, psf=ctx.psf, timings=timings, beads=None,
+                  pipeline=pipeline.to_dict(), info=ctx.info, intermediates={})
+
+
+def _stage_in_chunks(stage, src, out, chunks, halo, ctx, background_free) -> int:
+    """Run one frozen stage over ``src`` chunk by chunk into ``out``; returns the number of chunks."""
+    from .psf import crop_psf
+    shape = src.shape
+    starts = [range(0, n, c) for n, c in zip(shape, chunks)]
+    count = 0
+    for z0 in starts[0]:
+        for y0 in starts[1]:
+            for x0 in starts[2]:
+                own = [(a, min(a + c, n)) for a, c, n in zip((z0, y0, x0), chunks, shape)]
+                lo = [max(0, a - h) for (a, _), h in zip(own, halo)]
+                hi = [min(n, b + h) for (_, b), h, n in zip(own, halo, shape)]
+                block = tuple(slice(a, b) for a, b in zip(lo, hi))
+                data = src[block]
+                pad = [(0, max(0, m - k)) for k, m in zip(data.shape, MIN_SHAPE)]  # a thin volume's edge
+                if any(b for _, b in pad):
+                    data = np.pad(data, pad, mode="edge")
+                psf = ctx.psf
+                if psf is not None and any(p > k for p, k in zip(psf.shape, data.shape)):
+                    psf = crop_psf(psf, data.shape)
+                bctx = RunContext(spacing=ctx.spacing, psf=psf, rng=ctx.rng, logger=ctx.logger, device=ctx.device,
+                                  background_free=None if background_free is None else background_free[block],
+                                  psf_given=ctx.psf_given, history=list(ctx.history), step=ctx.step,
+                                  part_of=(tuple(lo), tuple(shape)))
+                res = np.asarray(stage(np.ascontiguousarray(data), bctx), np.float32)
+                inner = tuple(slice(a - l, b - l) for (a, b), l in zip(own, lo))
+                out[tuple(slice(a, b) for a, b in own)] = res[inner]
+                count += 1
+    return count

@@ -350,7 +350,8 @@ class Pipeline:
 
     def run(self, volume, *, spacing, psf=None, seed=0, device: str | None = None,
             progress: bool = False, logger: logging.Logger | None = None, keep=(),
-            rescale: bool = True, memory_budget: float | str | None = "auto") -> Result:
+            rescale: bool = True, memory_budget: float | str | None = "auto",
+            part_of=None) -> Result:
         """Restore one volume.
 
         Parameters
@@ -378,11 +379,19 @@ class Pipeline:
         memory_budget : float, "auto" or None
             Gigabytes of working memory the run may use beyond the volume it
             is given. When :meth:`memory_estimate` exceeds it, the volume is
-            restored chunk-wise (:func:`restore3d.chunked.run_chunked`, the
-            PSF and other global quantities measured once on a central
-            block, chunks sized to the budget; the same result away from
-            chunk borders) and one log line says so. "auto":
+            restored chunk-wise, stage by stage
+            (:func:`restore3d.chunked.run_within_budget`: the PSF and other
+            global quantities measured once on a central block, each stage
+            over the volume in chunks sized to the budget with its own
+            context; the same result away from chunk borders) and one log
+            line says so. "auto":
             :func:`restore3d.memory.default_memory_budget`; None: never chunk.
+        part_of : ((z, y, x), (Z, Y, X)), optional
+            For a volume cut from a larger one: where it starts (voxels) and
+            the larger volume's shape. Stages that lay a grid of their own
+            (a rendering refiner's working grid) lay the larger volume's, so
+            chunk-wise runs see what a whole-volume run sees. Set by the
+            chunk-wise paths.
 
         Returns
         -------
@@ -407,7 +416,8 @@ class Pipeline:
         (``info["intensity_gain"]`` says by how much).
         """
         steps = self.run_steps(volume, spacing=spacing, psf=psf, seed=seed, device=device, progress=progress,
-                               logger=logger, keep=keep, rescale=rescale, memory_budget=memory_budget)
+                               logger=logger, keep=keep, rescale=rescale, memory_budget=memory_budget,
+                               part_of=part_of)
         while True:
             try:
                 next(steps)
@@ -416,7 +426,7 @@ class Pipeline:
 
     def run_steps(self, volume, *, spacing, psf=None, seed=0, device: str | None = None,
                   progress: bool = False, logger: logging.Logger | None = None, keep=(),
-                  rescale: bool = True, memory_budget: float | str | None = "auto"
+                  rescale: bool = True, memory_budget: float | str | None = "auto", part_of=None
                   ) -> Generator[tuple[str, int, int], None, Result]:
         """:meth:`run` one step at a time: a generator that yields ``(step name, index, count)`` before each step.
 
@@ -432,6 +442,7 @@ class Pipeline:
         sp = check_voxel_spacing(spacing)
         device = as_device(device)
         rng = as_rng(seed)
+        part_of = _as_part_of(part_of, vol.shape)
         names = [n for n, _ in self.steps]
         unknown = [k for k in keep if k not in names]
         if unknown:
@@ -461,7 +472,8 @@ class Pipeline:
             vol *= np.float32(gain)
         kept: dict[str, np.ndarray] = {}
         ctx = RunContext(spacing=sp, psf=psf_arr, rng=rng, logger=logger or log,
-                         device=device, progress=progress, psf_given=psf_arr is not None)
+                         device=device, progress=progress, psf_given=psf_arr is not None,
+                         part_of=part_of)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         active = [(name, stage) for name, stage in self.steps if stage != PASSTHROUGH]
@@ -490,3 +502,20 @@ class Pipeline:
         ctx.info["history"] = list(ctx.history)
         return Result(vol, spacing=sp, psf=ctx.psf, timings=timings, beads=ctx.beads,
                       pipeline=self.to_dict(), info=ctx.info, intermediates=kept)
+
+
+def _as_part_of(part_of, shape) -> tuple | None:
+    """``part_of`` checked: None, or ((z, y, x) start, (Z, Y, X) whole shape) holding ``shape`` from that start."""
+    if part_of is None:
+        return None
+    try:
+        origin, whole = part_of
+        origin = tuple(int(v) for v in origin) if len(origin) == 3 and all(float(v) == int(v) for v in origin) else ()
+        whole = tuple(int(v) for v in whole) if len(whole) == 3 and all(float(v) == int(v) for v in whole) else ()
+    except (TypeError, ValueError):
+        origin = whole = ()
+    if len(origin) != 3 or len(whole) != 3 or min(origin) < 0 or any(
+            o + n > w for o, n, w in zip(origin, shape, whole)):
+        raise ValueError(f"part_of must be ((z, y, x) start, (Z, Y, X) shape) of a larger volume holding this "
+                         f"{tuple(shape)} volume from that start, got {part_of!r}")
+    return origin, whole

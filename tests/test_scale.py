@@ -147,3 +147,30 @@ def test_plan_chunks_fits_the_budget(sim):
         assert all(a % g == 0 or a == n for a, g, n in zip(c, grid, shape))
         sizes.append(np.prod(c))
     assert sizes[0] > sizes[1] > sizes[2]
+
+
+def test_a_budget_no_chunk_fits_still_runs_one_level_of_chunks(sim, caplog, monkeypatch):
+    """Below what any chunk needs, the run takes the smallest chunks once (a chunk never re-chunks itself)."""
+    pipe = r3.default_pipeline(refiner=False)
+    whole = pipe.run(sim.raw, spacing=sim.spacing, memory_budget=None)
+    monkeypatch.setattr("restore3d.memory.DEFAULT_MEMORY_BUDGET_GB", 0.001)  # "auto", in every chunk too
+    inner = (slice(2, -2), slice(16, -16), slice(16, -16))
+    with caplog.at_level("WARNING", logger="restore3d"):
+        lazy = run_chunked(pipe, sim.raw, spacing=sim.spacing, chunks="auto", memory_budget=1e6)
+        out = lazy.compute(scheduler="synchronous")
+    assert sum("no chunk fits the memory budget" in r.message for r in caplog.records) == 1
+    assert float(np.abs(out - whole.volume)[inner].max()) < 0.02 * float(whole.volume.max())
+    # in memory the run goes stage by stage: once per stage at most
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="restore3d"):
+        res = pipe.run(sim.raw, spacing=sim.spacing, memory_budget="auto")
+    assert sum("no chunk fits the memory budget" in r.message for r in caplog.records) <= len(pipe.steps)
+    assert res.info["chunked"]["n_chunks"] > 1
+    assert float(np.abs(res.volume - whole.volume)[inner].max()) < 0.02 * float(whole.volume.max())
+
+
+@pytest.mark.parametrize("bad", [((0, 0), (24, 160, 160)), ((0, -1, 0), (24, 200, 200)),
+                                 ((0, 1.5, 0), (24, 200, 200)), ((0, 50, 0), (24, 200, 160)), "abc"])
+def test_run_rejects_a_bad_part_of(sim, bad):
+    with pytest.raises(ValueError, match="part_of must be"):
+        r3.Pipeline([r3.SubtractBackground(method="percentile")]).run(sim.raw, spacing=sim.spacing, part_of=bad)

@@ -9,7 +9,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .inference import refine
 from .model import UNetConfig, build_model
 from .normalize import Normalizer
-from .stage import PRETRAINED, SHIPPED, Refiner
+from .stage import DEFAULT_WEIGHTS, PRETRAINED, SHIPPED, Refiner
 
 
 def train(*args, **kwargs):
@@ -18,5 +18,5 @@ def train(*args, **kwargs):
     return _train(*args, **kwargs)
 
 
-__all__ = ["Refiner", "refine", "PRETRAINED", "SHIPPED", "UNetConfig", "build_model", "Normalizer", "train",
+__all__ = ["Refiner", "refine", "PRETRAINED", "SHIPPED", "DEFAULT_WEIGHTS", "UNetConfig", "build_model", "Normalizer", "train",
            "load_checkpoint", "save_checkpoint"]

@@ -9,9 +9,14 @@ interpolated). A bead then spans the same number of voxels on a 0.1 / 0.044
 um confocal stack as on a 0.3 / 0.1 um widefield one, so the network's task
 does not change with the sampling, and finely sampled volumes cost far less.
 
-Resampling is linear interpolation (matrices per axis, voxel centres on the
-same physical extent); the network's object goes back by the adjoint, which
-keeps every bead's light exactly.
+Resampling is linear interpolation (matrices per axis); the network's object
+goes back by the adjoint, which keeps every bead's light exactly. The grid
+is anchored to the whole volume: working voxel ``i`` is centred ``(i + 0.5)``
+steps from the whole volume's first edge, whatever part of it a run sees.
+A chunk of a large volume (``origin``: where it starts in the whole) then
+lays exactly the whole volume's working voxels over its extent, starting at
+a multiple of the network's pooling grid, so chunk-wise runs see the same
+samples and poolings as a whole-volume run.
 """
 from __future__ import annotations
 
@@ -23,12 +28,10 @@ import numpy as np
 __all__ = ["Grid", "working_grid"]
 
 
-def _interp_matrix(n_from: int, d_from: float, d_to: float) -> np.ndarray:
-    """Linear interpolation from ``n_from`` samples of step ``d_from`` onto centred samples of step ``d_to``."""
-    extent = n_from * d_from
-    n_to = max(1, int(round(extent / d_to)))
-    centres = ((np.arange(n_to) + 0.5) * extent / n_to) / d_from - 0.5  # in source sample units
-    centres = np.clip(centres, 0.0, n_from - 1.0)
+def _interp_matrix(n_from: int, centres: np.ndarray) -> np.ndarray:
+    """Linear interpolation from ``n_from`` samples onto ``centres`` (in sample units; clamped at the ends)."""
+    n_to = len(centres)
+    centres = np.clip(np.asarray(centres, float), 0.0, n_from - 1.0)
     lo = np.floor(centres).astype(int)
     hi = np.minimum(lo + 1, n_from - 1)
     t = centres - lo
@@ -57,6 +60,8 @@ class Grid:
     shape: tuple          # working grid shape
     source_shape: tuple
     mats: tuple           # per axis: (n_work, n_source) matrix, or None when the axis is unchanged
+    back: tuple = ()      # per axis: (n_source, n_work) sampling matrix at the source's centres, or None
+    start: tuple = (0.0, 0.0, 0.0)  # working coordinate of the source's first voxel centre, per axis
 
     @property
     def volume_ratio(self) -> float:
@@ -85,25 +90,31 @@ class Grid:
         source voxel gets the rendered bead's value at its centre, as the
         ideal target is sampled. Light is not renormalised here.
         """
-        mats = [None if m is None else _interp_matrix(m.shape[0], w, d)
-                for m, w, d in zip(self.mats, self.spacing, self.source_spacing)]
-        return _apply(mats, work)
+        return _apply(self.back, work)
 
     def positions_to_work(self, positions: np.ndarray) -> np.ndarray:
         """Source voxel coordinates (N, 3) to working-grid voxel coordinates."""
-        # voxel i of a grid of step d is centred (i + 0.5) d from the common start of both extents
         p = np.asarray(positions, float)
-        return (p + 0.5) * np.asarray(self.source_spacing) / np.asarray(self.spacing) - 0.5
+        return np.asarray(self.start) + p * np.asarray(self.source_spacing) / np.asarray(self.spacing)
 
 
 def working_grid(shape: Sequence[int], spacing: Sequence[float], fwhm_um: float, *, samples: float = 2.0,
-                 max_zoom: float = 3.0, max_growth: float = 8.0) -> Grid:
+                 max_zoom: float = 3.0, max_growth: float = 8.0, origin: Sequence[int] = (0, 0, 0),
+                 whole_shape: Sequence[int] | None = None, multiple: Sequence[int] = (1, 1, 1)) -> Grid:
     """The working grid of a volume: voxels of ``fwhm_um / samples`` um, at most ``max_zoom`` x finer than the data.
 
     The working grid never holds more than ``max_growth`` times the
     volume's voxels (coarse data with a sharp PSF: the finer axes are
     coarsened alike). Axes whose spacing already equals the working one
     within 2 % are left untouched.
+
+    The steps are set so that whole working voxels cover the whole volume's
+    extent. ``origin`` (voxels, z y x) is where this volume starts in the
+    whole volume of ``whole_shape`` it was cut from (a chunk; default: it
+    is the whole); the grid holds the whole volume's working voxels over
+    its extent, from the last multiple of ``multiple`` (the network's
+    pooling grid) at or before its start, so every chunk sees the samples
+    and poolings a whole-volume run sees.
     """
     if not np.isfinite(fwhm_um) or fwhm_um <= 0:
         raise ValueError(f"the target FWHM must be a positive number of micrometres, got {fwhm_um!r}")
@@ -116,16 +127,27 @@ def working_grid(shape: Sequence[int], spacing: Sequence[float], fwhm_um: float,
         up = steps < np.asarray(spacing)
         factor = (growth / max_growth) ** (1.0 / int(up.sum()))
         steps[up] = np.minimum(steps[up] * factor, np.asarray(spacing)[up])
-    mats, work_spacing, work_shape = [], [], []
-    for n, d, w in zip(shape, spacing, steps):
+    whole_shape = shape if whole_shape is None else tuple(int(n) for n in whole_shape)
+    mats, back, work_spacing, work_shape, start = [], [], [], [], []
+    for n, d, w, o, m, total in zip(shape, spacing, steps, origin, multiple, whole_shape):
         if abs(w / d - 1.0) < 0.02:
             mats.append(None)
+            back.append(None)
             work_spacing.append(d)
             work_shape.append(n)
+            start.append(0.0)
             continue
-        m = _interp_matrix(n, d, w)
-        mats.append(m)
-        work_shape.append(m.shape[0])
-        work_spacing.append(n * d / m.shape[0])  # exact step covering the same extent
+        w = total * d / max(1, int(round(total * d / w)))  # whole working voxels over the whole extent
+        r = d / w  # working voxels per source voxel
+        # the whole volume's working voxels whose centres fall in this part's extent [o, o + n) (source voxels)
+        first = int(np.ceil(o * r - 0.5 - 1e-9))
+        first = first // int(m) * int(m)
+        stop = max(first + 1, int(np.ceil((o + n) * r - 1e-9)))
+        idx = np.arange(first, stop)
+        mats.append(_interp_matrix(n, (idx + 0.5) / r - 0.5 - o))  # working centres in local source voxels
+        back.append(_interp_matrix(len(idx), (o + np.arange(n) + 0.5) * r - 0.5 - first))
+        work_shape.append(len(idx))
+        work_spacing.append(float(w))
+        start.append((o + 0.5) * r - 0.5 - first)
     return Grid(spacing=tuple(work_spacing), source_spacing=spacing, shape=tuple(work_shape),
-                source_shape=shape, mats=tuple(mats))
+                source_shape=shape, mats=tuple(mats), back=tuple(back), start=tuple(start))

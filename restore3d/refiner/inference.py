@@ -122,8 +122,12 @@ def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: 
     return np.clip(out, 0, None).astype(np.float32)
 
 
-def working_grid_of(meta: dict, shape, spacing, psf):
-    """The working grid (:mod:`restore3d.refiner.grid`) of a refiner that has one, for this volume; else None."""
+def working_grid_of(meta: dict, shape, spacing, psf, *, part_of=None, multiple=(1, 1, 1)):
+    """The working grid (:mod:`restore3d.refiner.grid`) of a refiner that has one, for this volume; else None.
+
+    ``part_of``: (start, shape) of a whole volume it was cut from;
+    ``multiple``: the network's pooling grid (:func:`restore3d.refiner.grid.working_grid`).
+    """
     if not meta.get("grid"):
         return None
     from ..target import lateral_fwhm
@@ -131,13 +135,16 @@ def working_grid_of(meta: dict, shape, spacing, psf):
     if psf is None:
         raise ValueError("this refiner works on a grid sized by the PSF: run it after EstimatePSF "
                          "(or pass psf= to the run)")
-    return working_grid(shape, spacing, lateral_fwhm(psf, spacing), **meta["grid"])
+    origin, whole = part_of if part_of is not None else ((0, 0, 0), None)
+    return working_grid(shape, spacing, lateral_fwhm(psf, spacing), origin=origin, whole_shape=whole,
+                        multiple=multiple,
+                        **meta["grid"])
 
 
 def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, psf=None, device=None,
            tile_shape=None, max_voxels: int = 4_000_000, intensity=None, precision: str = "auto",
-           progress: bool = False, calibrate: bool = True, kernel_um=None, info: dict | None = None
-           ) -> np.ndarray:
+           progress: bool = False, calibrate: bool = True, kernel_um=None, info: dict | None = None,
+           part_of=None, light_gain: float | None = None) -> np.ndarray:
     """Apply a refiner network to the output of its preceding stages.
 
     The input transform of the checkpoint (``meta["input_transform"]``), the
@@ -172,6 +179,14 @@ def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, p
         volume); overrides ``calibrate``.
     info : dict, optional
         Filled with the rendering's report (``"rendering"``).
+    part_of : ((z, y, x), (Z, Y, X)), optional
+        Where the volume starts in a whole volume it was cut from (a
+        chunk), and that volume's shape: the working grid is the whole
+        volume's (see :func:`restore3d.refiner.grid.working_grid`).
+    light_gain : float, optional
+        A working grid's rendered samples times this (chunks of a large
+        volume: the sample's); default measured on the volume (see
+        :func:`_render_on`).
 
     Returns
     -------
@@ -180,7 +195,7 @@ def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, p
     from .checkpoint import normalizer_of
     from .transforms import RENDERING, apply_input_transform, apply_output_transform
     volume = apply_input_transform(np.asarray(volume, np.float32), spacing, meta.get("input_transform"), psf)
-    grid = working_grid_of(meta, volume.shape, spacing, psf)
+    grid = working_grid_of(meta, volume.shape, spacing, psf, part_of=part_of, multiple=model.config.multiple)
     if grid is not None:
         volume = grid.to_work(volume)
     out = predict(model, volume, spacing if grid is None else grid.spacing, normalizer=normalizer_of(meta),
@@ -192,24 +207,34 @@ def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, p
         return apply_output_transform(out if grid is None else grid.object_to_source(out), spacing,
                                       transform, psf)
     sigma, report = _rendered_kernel(out, spacing, transform, psf, grid, calibrate, kernel_um)
+    rendered = _render_on(out, spacing, grid, sigma, light_gain, report)
     if info is not None:
         info["rendering"] = report
-    return _render_on(out, spacing, grid, sigma)
+    return rendered
 
 
-def _render_on(obj, spacing, grid, sigma_um):
+def _render_on(obj, spacing, grid, sigma_um, gain=None, report=None):
     """The object rendered with a kernel of ``sigma_um``, on the volume's grid.
 
     A working grid's object is rendered on that grid (as the refiner was
     trained) and the smooth result sampled at the volume's voxel centres (as
-    the ideal target is), its light set to the object's.
+    the ideal target is), its light set to the object's: point samples of
+    beads narrower than a plane hold more or less than their light
+    depending on where the beads sit, so the samples are scaled by
+    ``gain`` (default: the object's light over theirs, measured on this
+    volume; chunks of a large volume share the sample's). ``report``: a dict
+    that gets the ``"light_gain"`` used.
     """
     from .calibration import render
     if grid is None:
         return render(obj, spacing, sigma_um)
     out = grid.sample_to_source(render(obj, grid.spacing, sigma_um))
-    light, got = float(obj.sum(dtype=np.float64)) * grid.volume_ratio, float(out.sum(dtype=np.float64))
-    return np.clip(out * np.float32(light / got), 0, None) if got > 0 else out
+    if gain is None:
+        light, got = float(obj.sum(dtype=np.float64)) * grid.volume_ratio, float(out.sum(dtype=np.float64))
+        gain = light / got if got > 0 else 1.0
+    if report is not None:
+        report["light_gain"] = float(gain)
+    return np.clip(out * np.float32(gain), 0, None)
 
 
 def _rendered_kernel(obj, spacing, transform, psf, grid, calibrate, kernel_um):
@@ -232,3 +257,4 @@ def _rendered_kernel(obj, spacing, transform, psf, grid, calibrate, kernel_um):
         log.info("refiner: %d isolated beads, too few to measure the object's width: the kernel is "
                  "rendered as trained", report["n_beads"])
     return sigma, report
+

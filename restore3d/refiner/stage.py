@@ -10,17 +10,21 @@ import numpy as np
 from .._checks import as_spacing, as_volume
 from ..pipeline import RunContext, Stage
 
-__all__ = ["Refiner", "PRETRAINED", "SHIPPED"]
+__all__ = ["Refiner", "PRETRAINED", "SHIPPED", "DEFAULT_WEIGHTS"]
 
 log = logging.getLogger(__name__)
 
-#: The shipped weight sets by name (``Refiner(name)``): "pretrained", the default (trained on widefield
-#: simulations, its input rendered at the target resolution), and "pretrained-render" (a smaller network
+#: The shipped weight sets by name (``Refiner(name)``): "pretrained-render", the default (a small network
 #: trained on widefield, confocal and light-sheet simulations; predicts each bead's object and renders
 #: the target after it: round beads with about the data's light on real confocal and light-sheet
-#: stacks, fewer dim beads found on a dim NA 1.4 volume; benchmarks/RESULTS.md, sections 1-2).
+#: stacks, fewer dim beads found on a dim NA 1.4 volume), and "pretrained" (the first default: trained on
+#: widefield simulations, its input rendered at the target resolution; rounder beads on simulated
+#: widefield volumes, flattened ones on real confocal beads; benchmarks/RESULTS.md, sections 1-2).
 SHIPPED = {"pretrained": Path(__file__).with_name("weights") / "default.json",
            "pretrained-render": Path(__file__).with_name("weights") / "render.json"}
+#: The weights :func:`restore3d.default_pipeline`, ``Refiner()`` and the command line use.
+DEFAULT_WEIGHTS = "pretrained-render"
+#: The checkpoint of the "pretrained" weight set.
 PRETRAINED = SHIPPED["pretrained"]
 
 
@@ -29,8 +33,9 @@ class Refiner(Stage):
 
     Parameters
     ----------
-    weights : "pretrained", "pretrained-render" or path
-        One of the shipped weight sets (:data:`SHIPPED`, trained by
+    weights : "pretrained-render", "pretrained" or path
+        One of the shipped weight sets (:data:`SHIPPED`; default
+        :data:`DEFAULT_WEIGHTS`, trained by
         ``benchmarks/train_refiner.py``, see benchmarks/RESULTS.md) or a
         checkpoint written by :func:`restore3d.refiner.training.train.train`
         (its ``.json`` or ``.pt``).
@@ -68,6 +73,10 @@ class Refiner(Stage):
     kernel_um : (sz, sy, sx) floats, optional
         A fixed rendered kernel (sigma, micrometres) instead of the measured
         one (set by :meth:`freeze` so chunks of a large volume share it).
+    light_gain : float, optional
+        Refiners on a working grid: the scale of the rendered samples
+        (default measured on each volume; set by :meth:`freeze` so chunks of
+        a large volume share it).
 
     Notes
     -----
@@ -79,13 +88,15 @@ class Refiner(Stage):
 
     default_name = "refiner"
 
-    def __init__(self, weights="pretrained", *, device: str | None = None,
+    def __init__(self, weights=DEFAULT_WEIGHTS, *, device: str | None = None,
                  tile_shape: list | None = None, max_voxels: int = 4_000_000, intensity=None,
-                 precision: str = "auto", check: bool = True, calibrate: bool = True, kernel_um=None):
+                 precision: str = "auto", check: bool = True, calibrate: bool = True, kernel_um=None,
+                 light_gain: float | None = None):
         self.weights = weights
         self.check = check
         self.calibrate = calibrate
         self.kernel_um = None if kernel_um is None else [float(v) for v in kernel_um]
+        self.light_gain = None if light_gain is None else float(light_gain)
         self.precision = precision
         self.device = device
         self.tile_shape = tile_shape
@@ -94,7 +105,7 @@ class Refiner(Stage):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def pretrained(cls, name: str = "pretrained", **kwargs) -> "Refiner":
+    def pretrained(cls, name: str = DEFAULT_WEIGHTS, **kwargs) -> "Refiner":
         """A refiner whose weights ship inside the package (``name`` one of :data:`SHIPPED`)."""
         if name not in SHIPPED:
             raise ValueError(f"no shipped refiner weights named {name!r}; shipped: {sorted(SHIPPED)}")
@@ -187,23 +198,32 @@ class Refiner(Stage):
 
     # ------------------------------------------------------------------ running
     def restore(self, volume: np.ndarray, spacing, *, psf=None, device=None, progress: bool = False,
-                info: dict | None = None) -> np.ndarray:
+                info: dict | None = None, part_of=None) -> np.ndarray:
         """Apply the network to a volume that already went through the preceding stages.
 
         ``psf``: the PSF those stages used (needed by refiners that render the
         target's isotropic kernel, ``meta["output_transform"]``, or their
         input at the target resolution, ``meta["input_transform"]``).
-        ``info``: a dict filled with the rendering's report.
+        ``info``: a dict filled with the rendering's report. ``part_of``: where
+        the volume starts in a whole one it was cut from, and that one's
+        shape (chunk-wise runs).
         """
         from .inference import refine
         model, meta = self.network()
         return refine(as_volume(volume), as_spacing(spacing), model=model, meta=meta, psf=psf,
                       device=device or self.device, tile_shape=self.tile_shape, max_voxels=self.max_voxels,
                       intensity=self.intensity, precision=self.precision, progress=progress,
-                      calibrate=self.calibrate, kernel_um=self.kernel_um, info=info)
+                      calibrate=self.calibrate, kernel_um=self.kernel_um, info=info, part_of=part_of,
+                      light_gain=self.light_gain)
 
     def freeze(self, sample, ctx):
-        """Measure the intensity normalisation (and a rendering refiner's kernel) once on the sample."""
+        """Measure the intensity normalisation (and a rendering refiner's kernel and light) once on the sample.
+
+        Chunks then lay the whole volume's working grid (``ctx.part_of``)
+        and render alike, so a chunk-wise run equals a whole-volume run with
+        the same frozen values away from chunk borders (benchmarks/RESULTS.md
+        section 5).
+        """
         from .checkpoint import normalizer_of
         from .inference import working_grid_of
         from .transforms import RENDERING, apply_input_transform
@@ -212,24 +232,23 @@ class Refiner(Stage):
         grid = working_grid_of(meta, inp.shape, ctx.spacing, ctx.psf)
         stats = normalizer_of(meta).stats(inp if grid is None else grid.to_work(inp))
         intensity = [float(stats[0]), float(stats[1])]
-        if grid is not None:
-            log.warning("refiner %s runs chunk-wise on a working grid laid per chunk: single beads may differ "
-                        "from a whole-volume run's (up to 0.23 of the maximum with 128-voxel chunks, the "
-                        "volume's scores unchanged; benchmarks/RESULTS.md section 5); raise the memory budget "
-                        "(--memory-budget) to run it whole", self.weights)
-        kernel = self.kernel_um
-        if kernel is None and self.calibrate and meta.get("output_transform") in RENDERING:
+        kernel, gain = self.kernel_um, self.light_gain
+        rendering = meta.get("output_transform") in RENDERING
+        if rendering and ((kernel is None and self.calibrate) or (gain is None and grid is not None)):
             from .inference import refine
-            info = {}  # the kernel measured on the sample, rendered alike in every chunk
+            info = {}  # the kernel and the light scale measured on the sample, rendered alike in every chunk
             refine(as_volume(sample), ctx.spacing, model=model, meta=meta, psf=ctx.psf,
                    device=self.device or ctx.device, tile_shape=self.tile_shape, max_voxels=self.max_voxels,
-                   intensity=intensity, precision=self.precision, info=info)
-            if info["rendering"]["calibrated"]:
+                   intensity=intensity, precision=self.precision, info=info, calibrate=self.calibrate,
+                   kernel_um=kernel)
+            if kernel is None and info["rendering"]["calibrated"]:
                 from ..target import FWHM_PER_SIGMA
                 kernel = [v / FWHM_PER_SIGMA for v in info["rendering"]["kernel_fwhm_um"]]
+            if gain is None and grid is not None:
+                gain = info["rendering"]["light_gain"]
         return Refiner(self.weights, device=self.device, tile_shape=self.tile_shape,
                        max_voxels=self.max_voxels, intensity=intensity, precision=self.precision, check=False,
-                       calibrate=False, kernel_um=kernel)
+                       calibrate=False, kernel_um=kernel, light_gain=gain)
 
     def __call__(self, volume, ctx: RunContext):
         _, meta = self.network()
@@ -244,7 +263,7 @@ class Refiner(Stage):
         t0 = time.perf_counter()
         rendering = {}
         out = self.restore(volume, ctx.spacing, psf=ctx.psf, device=self.device or ctx.device,
-                           progress=ctx.progress, info=rendering)
+                           progress=ctx.progress, info=rendering, part_of=ctx.part_of)
         report = {"weights": str(self.checkpoint_path), "sha256": meta.get("sha256"),
                   "seconds": time.perf_counter() - t0, **rendering}
         if self.check and ctx.background_free is not None and ctx.psf is not None:

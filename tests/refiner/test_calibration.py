@@ -107,3 +107,26 @@ def test_working_grid_sampling_keeps_smooth_volumes():
     zs = (np.arange(30) + 0.5) * 0.3
     inner = slice(1, -1)  # the outermost planes are clamped to the grid's extent
     np.testing.assert_allclose(back[inner, 5, 5], zs[inner], atol=1e-4)
+
+
+def test_working_grid_of_a_part_is_the_whole_volumes():
+    """A part of a volume (origin) gets the whole volume's working voxels, from a multiple of the pooling grid."""
+    from restore3d.refiner.grid import working_grid
+    sp, fwhm = (0.3, 0.1, 0.1), 0.23
+    vol = np.random.default_rng(1).random((20, 200, 90)).astype(np.float32)
+    whole = working_grid(vol.shape, sp, fwhm)
+    o = (0, 67, 0)
+    part = working_grid((20, 120, 90), sp, fwhm, origin=o, whole_shape=vol.shape, multiple=(4, 8, 8))
+    assert part.spacing == whole.spacing
+    r = sp[1] / part.spacing[1]  # working voxels per source voxel
+    first = int(round((o[1] + 0.5) * r - 0.5 - part.start[1]))  # the part's first working voxel in the whole's
+    assert first % 8 == 0 and first <= (o[1] + 0.5) * sp[1] / part.spacing[1]
+    a = whole.to_work(vol)[:, first:first + part.shape[1]]
+    b = part.to_work(vol[:, o[1]:o[1] + 120])
+    inner = slice(10, -2)  # the part's ends are clamped to its own extent (from the pooling grid to its start)
+    np.testing.assert_allclose(b[:, inner], a[:, inner], rtol=1e-6, atol=1e-7)
+    # and back: the part's samples at its voxels are the whole's there
+    smooth = np.broadcast_to(np.sin(np.arange(whole.shape[1]) / 7.0)[None, :, None], whole.shape).astype(np.float32)
+    back_whole = whole.sample_to_source(smooth)[:, o[1]:o[1] + 120]
+    back_part = part.sample_to_source(np.ascontiguousarray(smooth[:, first:first + part.shape[1]]))
+    np.testing.assert_allclose(back_part[:, 3:-3], back_whole[:, 3:-3], rtol=1e-5, atol=1e-6)
