@@ -12,7 +12,8 @@ import time
 import numpy as np
 
 from .deconvolution import RLInfo, check_inputs
-from .forward_model import ForwardModel, as_background, cutoffs, ellipsoid_r2, torch_device, torch_threads
+from .forward_model import (ForwardModel, as_background, cutoffs, ellipsoid_r2, irfftn3, torch_device,
+                            torch_threads)
 
 __all__ = ["blind_richardson_lucy"]
 
@@ -90,7 +91,7 @@ def blind_richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: in
         idx = [(np.arange(s) - s // 2) % g for s, g in zip(sup, grid)]
         mask[np.ix_(*idx)] = 1
         mask_t = torch.from_numpy(mask).to(dev)
-        h_grid = torch.fft.irfftn(model.otf, s=grid) * mask_t
+        h_grid = irfftn3(model.otf, grid) * mask_t
         h_grid = h_grid.clamp(min=0) / h_grid.clamp(min=0).sum()
         band = None
         if bandlimit is not None:
@@ -101,7 +102,7 @@ def blind_richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: in
 
         def constrain(hg):
             if band is not None:
-                hg = torch.fft.irfftn(torch.fft.rfftn(hg) * band, s=grid)
+                hg = irfftn3(torch.fft.rfftn(hg) * band, grid)
             if radial_avg is not None:
                 hg = radial_avg(hg)
             hg = (hg * mask_t).clamp(min=0)
@@ -116,13 +117,13 @@ def blind_richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: in
             model.set_psf(h_grid)
             x = _object_steps(model, y, b_grid, x, object_iterations, eps)
             X = torch.fft.rfftn(x)
-            norm = torch.fft.irfftn(torch.conj(X) * torch.fft.rfftn(model.ones_d), s=grid)
+            norm = irfftn3(torch.conj(X) * torch.fft.rfftn(model.ones_d), grid)
             norm_inv = torch.where(norm > 1e-12, 1.0 / norm.clamp(min=1e-12), torch.zeros_like(norm))
             for _ in range(int(psf_iterations)):
-                mu = torch.fft.irfftn(torch.fft.rfftn(h_grid) * X, s=grid)
+                mu = irfftn3(torch.fft.rfftn(h_grid) * X, grid)
                 mu = (mu + b_grid).clamp_(min=eps)
                 ratio = y / mu
-                corr = torch.fft.irfftn(torch.conj(X) * torch.fft.rfftn(ratio), s=grid)
+                corr = irfftn3(torch.conj(X) * torch.fft.rfftn(ratio), grid)
                 h_grid = constrain(h_grid * corr * norm_inv)
             info.iterations = k + 1
             bar.update(1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...forward_model import irfftn3
 from ...target import lateral_fwhm, target_blur, target_sigma
 from ..transforms import render_sigma
 
@@ -73,7 +74,7 @@ class ConsistencyLoss:
         if key not in self._otf:
             k = torch.from_numpy(self.psf).to(x.device)
             self._otf[key] = torch.fft.rfftn(k, s=shape)
-        y = torch.fft.irfftn(torch.fft.rfftn(x, s=shape) * self._otf[key], s=shape)
+        y = irfftn3(torch.fft.rfftn(x, s=shape) * self._otf[key], shape)
         start = [p // 2 for p in self.psf.shape]
         return y[..., start[0]:start[0] + x.shape[2], start[1]:start[1] + x.shape[3], start[2]:start[2] + x.shape[4]]
 
