@@ -33,7 +33,7 @@ from ._stats import intensity_gain
 from .pipeline import PASSTHROUGH, Pipeline, Result, RunContext
 
 __all__ = ["freeze_pipeline", "run_chunked", "pipeline_halo", "pipeline_alignment", "plan_chunks",
-           "chunk_blocker", "run_within_budget"]
+           "chunk_blocker", "run_within_budget", "sample_psf"]
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,30 @@ def chunk_blocker(pipeline: Pipeline, keep=()) -> str | None:
     if blocked:
         return f"{blocked} cannot run chunk-wise"
     return "intermediates were asked for" if keep else None
+
+
+def sample_psf(pipeline: Pipeline, volume, spacing, *, sample_shape=(64, 256, 256), device=None):
+    """The PSF the pipeline's first stages measure on a central block of ``volume``, or None.
+
+    The stages run in order on the block until one sets the PSF (an
+    :class:`~restore3d.EstimatePSF`); None when none does or one cannot run
+    there. For memory estimates made before a run (:meth:`Pipeline.run`).
+    """
+    sample = _sample(volume, sample_shape)
+    x = sample * np.float32(intensity_gain(sample))
+    ctx = RunContext(spacing=tuple(spacing), device=device, logger=logging.getLogger("restore3d.chunked.sample"))
+    for name, stage in pipeline.steps:
+        if stage == PASSTHROUGH:
+            continue
+        ctx.step = name
+        try:
+            x = np.asarray(stage(x, ctx), np.float32)
+        except ValueError:
+            return None
+        ctx.history.append(type(stage).__name__)
+        if ctx.psf is not None:
+            return ctx.psf
+    return None
 
 
 def run_within_budget(pipeline: Pipeline, vol, spacing, psf, rng, device, budget, need, logger,

@@ -455,6 +455,13 @@ class Pipeline:
         budget = budget_bytes(memory_budget)
         if budget is not None:
             need = self.memory_estimate(vol.shape, sp, psf_arr)
+            if need > budget and psf_arr is None:
+                # stages sized by the PSF (the refiner's working grid) count the worst case without one:
+                # count again with the PSF the first stages measure on a central block (about a second)
+                from .chunked import sample_psf
+                measured = sample_psf(self, vol, sp, device=device)
+                if measured is not None:
+                    need = self.memory_estimate(vol.shape, sp, measured)
             if need > budget:
                 from .chunked import chunk_blocker, run_within_budget
                 blocker = chunk_blocker(self, keep)

@@ -174,3 +174,16 @@ def test_a_budget_no_chunk_fits_still_runs_one_level_of_chunks(sim, caplog, monk
 def test_run_rejects_a_bad_part_of(sim, bad):
     with pytest.raises(ValueError, match="part_of must be"):
         r3.Pipeline([r3.SubtractBackground(method="percentile")]).run(sim.raw, spacing=sim.spacing, part_of=bad)
+
+
+def test_memory_estimate_counts_the_refiner_with_the_psf_measured_on_a_block(sim, caplog):
+    """Without a PSF the refiner's working grid counts its worst case; the run measures the PSF on a
+    central block first and stays whole when the volume fits with it."""
+    pipe = r3.default_pipeline()
+    worst = pipe.memory_estimate(sim.raw.shape, sim.spacing)
+    known = pipe.memory_estimate(sim.raw.shape, sim.spacing, sim.psf)
+    assert known < 0.8 * worst  # the two estimates differ (so the test can fail)
+    with caplog.at_level("INFO", logger="restore3d.pipeline"):
+        res = pipe.run(sim.raw, spacing=sim.spacing, memory_budget=0.5 * (known + worst) / 1e9)
+    assert "chunked" not in res.info
+    assert not any("restoring it in chunks" in r.message for r in caplog.records)
