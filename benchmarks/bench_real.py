@@ -27,7 +27,7 @@ import tifffile
 from common import DATA, fmt, machine
 from restore3d import Pipeline, Refiner, RemoveUnsupported, assess, io, metrics, simulate
 from restore3d.presets import classical_stages
-from restore3d.refiner import SHIPPED
+from restore3d.refiner import DEFAULT_WEIGHTS, SHIPPED
 
 
 #: Real stacks: path, spacing (None = from the file) and a note.
@@ -111,7 +111,7 @@ def _line(row, cols):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--weights", default="pretrained")
+    ap.add_argument("--weights", default=None, help="shipped weights or a checkpoint (default: the default's)")
     ap.add_argument("--only", nargs="*", default=None, help="run the stacks whose name contains one of these")
     ap.add_argument("--crop", action="store_true", help="crop real stacks to 256 x 256 laterally (quick look)")
     ap.add_argument("--support", action="store_true",
@@ -122,6 +122,7 @@ def main():
     args = ap.parse_args()
     print(machine())
     kw = {"calibrate": not args.no_calibrate}
+    args.weights = args.weights or DEFAULT_WEIGHTS
     refiner = Refiner.pretrained(args.weights, **kw) if args.weights in SHIPPED else Refiner.load(args.weights, **kw)
     after = [("support", RemoveUnsupported())] if args.support or refiner.renders else []
     print(f"refiner: {args.weights}{' (kernel as trained)' if args.no_calibrate else ''}"

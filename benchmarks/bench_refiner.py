@@ -179,7 +179,8 @@ def cmd_acceptance(args):
     torch.set_num_threads(args.threads)
     classical = classical_stages()
     kw = {"calibrate": not args.no_calibrate}
-    name = args.weights or "pretrained"
+    from restore3d.refiner import DEFAULT_WEIGHTS
+    name = args.weights or DEFAULT_WEIGHTS
     refiner = Refiner.pretrained(name, **kw) if name in SHIPPED else Refiner.load(name, **kw)
     fp32 = Refiner(refiner.weights, precision="fp32", **kw)
     rows = []

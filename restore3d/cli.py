@@ -369,8 +369,8 @@ def _add_run(sub, optics):
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     p.add_argument("--no-refiner", action="store_true", help="stop after the classical stages")
     p.add_argument("--refiner", default=None, metavar="WEIGHTS",
-                   help="refiner weights: pretrained (default), pretrained-render (rounder and as bright as the "
-                        "data on real confocal / light-sheet beads) or a checkpoint (.json / .pt)")
+                   help="refiner weights: pretrained-render (default), pretrained (the first default: rounder beads "
+                        "on simulated widefield volumes, flattened real confocal ones) or a checkpoint (.json / .pt)")
     p.add_argument("--psf", help="a measured PSF file on the same spacing (skips estimation)")
     p.add_argument("--save-psf", help="write the PSF used (.tif)")
     p.add_argument("--beads", help="write the bead table of the restored volume (.csv)")

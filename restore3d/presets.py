@@ -25,14 +25,15 @@ def default_pipeline(*, refiner: bool | str = True) -> Pipeline:
 
     With ``refiner=False`` the last step (``"refiner"``) is ``"passthrough"``.
     ``refiner`` may also name a shipped weight set
-    (:data:`restore3d.refiner.SHIPPED`); a rendering one (``"pretrained-render"``) is followed by
+    (:data:`restore3d.refiner.SHIPPED`; True: :data:`~restore3d.refiner.DEFAULT_WEIGHTS`).
+    A rendering one (the default, ``"pretrained-render"``) is followed by
     :class:`~restore3d.RemoveUnsupported` (``"support"``), which removes the
     spots it puts where a dim volume's data hold none (benchmarks/RESULTS.md,
     section 1).
     """
-    from .refiner import SHIPPED, Refiner
+    from .refiner import DEFAULT_WEIGHTS, SHIPPED, Refiner
     from .stages import RemoveUnsupported
-    name = "pretrained" if refiner is True else refiner
+    name = DEFAULT_WEIGHTS if refiner is True else refiner
     if name is not False and name not in SHIPPED:
         raise ValueError(f"refiner must be True, False or one of {sorted(SHIPPED)}, got {refiner!r}")
     steps = list(classical_stages().steps)

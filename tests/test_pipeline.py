@@ -201,11 +201,12 @@ def test_repr_shows_non_defaults():
 
 
 def test_default_pipeline_with_the_rendering_weights_ends_with_the_support_check():
+    """The default weights render: the support check follows them; the first default's weights need none."""
     import restore3d as r3
-    pipe = r3.default_pipeline(refiner="pretrained-render")
+    pipe = r3.default_pipeline()
     assert [n for n, _ in pipe.steps] == ["background", "psf", "rl", "refiner", "support"]
-    assert pipe["refiner"].weights == "pretrained-render"
-    assert [n for n, _ in r3.default_pipeline().steps] == ["background", "psf", "rl", "refiner"]
+    assert pipe["refiner"].weights == "pretrained-render" and pipe["refiner"].renders
+    assert [n for n, _ in r3.default_pipeline(refiner="pretrained").steps] == ["background", "psf", "rl", "refiner"]
     assert r3.default_pipeline(refiner=False)["refiner"] == "passthrough"
     with pytest.raises(ValueError, match="refiner must be True, False or one of"):
         r3.default_pipeline(refiner="best")

@@ -46,8 +46,8 @@ class RestoreWidget(Container):
         self.psf_source = ComboBox(label="PSF", choices=["estimate", "layer"], value="estimate")
         self.psf_layer = ComboBox(label="PSF layer", choices=self._image_layers)
         self.iterations = SpinBox(label="RL iterations", value=10, min=0, max=500)
-        self.refiner = ComboBox(label="refiner", choices=["pretrained", "pretrained-render", "none", "checkpoint"],
-                                value="pretrained")
+        self.refiner = ComboBox(label="refiner", choices=["pretrained-render", "pretrained", "none", "checkpoint"],
+                                value="pretrained-render")
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.json *.pt")
         self.fit_beads = CheckBox(label="fit beads", value=False)
         self.pipeline_file = FileEdit(label="pipeline JSON", mode="r", filter="*.json")

@@ -28,15 +28,15 @@ class RestoreOptions:
     psf : "estimate" (from the volume's beads) or "layer" (the PSF passed to
         :func:`restore_steps`, e.g. a measured PSF layer)
     iterations : Richardson-Lucy iterations (0: no deconvolution)
-    refiner : "pretrained", "pretrained-render" (:data:`restore3d.refiner.SHIPPED`), "none" or a
-        checkpoint path (.json / .pt)
+    refiner : "pretrained-render" (the default), "pretrained" (:data:`restore3d.refiner.SHIPPED`), "none"
+        or a checkpoint path (.json / .pt)
     fit_beads : add :class:`~restore3d.FitBeads` (a model of every bead) after the other stages
     """
 
     background: str = "wavelet"
     psf: str = "estimate"
     iterations: int = 10
-    refiner: str = "pretrained"
+    refiner: str = "pretrained-render"
     fit_beads: bool = False
 
 
