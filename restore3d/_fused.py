@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _LIB = None
 _LOADED = False
 # the signature version of restore3d/_kernels.c this module calls (r3d_abi)
-_ABI = 2
+_ABI = 3
 
 
 def kernels_available() -> bool:
@@ -70,7 +70,8 @@ def _load():
     lib.r3d_update.argtypes = [p, p, p, i64, i32]
     lib.r3d_update_biggs.argtypes = [p, p, p, p, i64, p, i32]
     lib.r3d_extrapolate.argtypes = [p, p, f32, p, i64, i32]
-    for name in ("r3d_ratio", "r3d_update", "r3d_update_biggs", "r3d_extrapolate"):
+    lib.r3d_mul_conj.argtypes = [p, p, i64, i32]
+    for name in ("r3d_ratio", "r3d_update", "r3d_update_biggs", "r3d_extrapolate", "r3d_mul_conj"):
         getattr(lib, name).restype = None
     lib.r3d_parallel.restype = ctypes.c_int
     if not lib.r3d_parallel():
@@ -131,6 +132,20 @@ def extrapolate(x: torch.Tensor, x_prev: torch.Tensor, alpha: float, out: torch.
     """``out = clamp(x + alpha (x - x_prev), min=0)`` (Biggs-Andrews)."""
     _same(x, x_prev, out)
     _LIB.r3d_extrapolate(_ptr(x), _ptr(x_prev), float(alpha), _ptr(out), x.numel(), torch.get_num_threads())
+
+
+def mul_conj(a: torch.Tensor, b: torch.Tensor) -> None:
+    """``a *= conj(b)`` on complex64 CPU tensors of one size, in place.
+
+    Without the kernels: ``a.conj_physical_().mul_(b).conj_physical_()``
+    (the same values; two more passes, but no conjugate copy of ``b``).
+    """
+    _same(a, b)
+    lib = _load()
+    if lib is None or not all(t.device.type == "cpu" and t.dtype == torch.complex64 for t in (a, b)):
+        a.conj_physical_().mul_(b).conj_physical_()
+        return
+    lib.r3d_mul_conj(_ptr(a), _ptr(b), a.numel(), torch.get_num_threads())
 
 
 def _same(*tensors):

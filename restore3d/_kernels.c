@@ -28,7 +28,7 @@
 /* the signature version: restore3d/_fused.py refuses a library built from other sources */
 int r3d_abi(void)
 {
-    return 2;
+    return 3;
 }
 
 /* 1 when the kernels run on OpenMP threads, 0 when built without OpenMP */
@@ -120,6 +120,20 @@ void r3d_extrapolate(const float *restrict x, const float *restrict xprev, float
     for (int64_t i = 0; i < n; i++) {
         float v = x[i] + a * (x[i] - xprev[i]);
         out[i] = v > 0.0f ? v : 0.0f;
+    }
+}
+
+/* complex product with the conjugate, in place: a = a * conj(b) on n
+ * complex64 values (interleaved real, imaginary): the matched back
+ * projection's OTF product without a stored conjugate OTF */
+R3D_CLONES
+void r3d_mul_conj(float *restrict a, const float *restrict b, int64_t n, int nthreads)
+{
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t i = 0; i < n; i++) {
+        float ar = a[2 * i], ai = a[2 * i + 1], br = b[2 * i], bi = b[2 * i + 1];
+        a[2 * i] = ar * br + ai * bi;
+        a[2 * i + 1] = ai * br - ar * bi;
     }
 }
 

@@ -117,19 +117,29 @@ class ForwardModel:
         idx = [(np.arange(p) - c) % g for p, c, g in zip(P, (cz, cy, cx), grid)]
         padded[np.ix_(*idx)] += psf
         self.otf = torch.fft.rfftn(torch.from_numpy(padded).to(device))
+        del padded
         if backprojector == "matched":
-            self.botf = torch.conj_physical(self.otf)  # materialised: a lazy conj view is resolved on every product
+            # None: back() multiplies by the OTF's conjugate in place (_fused.mul_conj), so the grid
+            # holds one spectrum, not two (a lazy conj view was resolved into a copy on every product)
+            self.botf = None
         elif backprojector == "wiener_butterworth":
             self.botf = self._wiener_butterworth(wb_alpha, wb_beta, wb_order)
         else:
             raise ValueError(f"backprojector must be one of {BACKPROJECTORS}, got {backprojector!r}")
-        # object support: D extended (or D itself)
-        support = np.zeros(grid, np.float32)
-        support[tuple(slice(0, n + 2 * e) for n, e in zip(self.shape, ext))] = 1
-        self.support = torch.from_numpy(support).to(device)
-        ones_d = np.zeros(grid, np.float32)
-        ones_d[self.d_slice] = 1
-        self.ones_d = torch.from_numpy(ones_d).to(device)
+
+    @property
+    def support(self):
+        """The object's support on the grid: 1 on D extended (or D itself), 0 elsewhere (built when asked)."""
+        out = self.torch.zeros(self.grid, dtype=self.torch.float32, device=self.device)
+        out[tuple(slice(0, n + 2 * e) for n, e in zip(self.shape, self.ext))] = 1
+        return out
+
+    @property
+    def ones_d(self):
+        """The data domain's indicator ``1_D`` on the grid (built when asked)."""
+        out = self.torch.zeros(self.grid, dtype=self.torch.float32, device=self.device)
+        out[self.d_slice] = 1
+        return out
 
     def _wiener_butterworth(self, alpha, beta, order):
         """Unmatched back projector of Guo et al. 2020: Wiener filter x Butterworth low-pass."""
@@ -151,10 +161,24 @@ class ForwardModel:
         out[self.d_slice] = data_d
         return out
 
-    def conv(self, x, otf):
-        """Circular convolution of ``x`` with the filter ``otf`` (a fresh tensor: faster than ``out=``, which copies)."""
+    def conv(self, x, otf, *, conj=False):
+        """Circular convolution of ``x`` with the filter ``otf`` (``conj``: with its conjugate, a correlation).
+
+        A fresh tensor (faster than ``out=``, which copies). The inverse runs
+        as :func:`irfftn3` does, one axis at a time, each spectrum freed as
+        the next is made: at most two grid-sized spectra live at once.
+        """
+        from . import _fused
         torch = self.torch
-        return irfftn3(torch.fft.rfftn(x).mul_(otf), self.grid)
+        s = torch.fft.rfftn(x)
+        if conj:
+            _fused.mul_conj(s, otf)
+        else:
+            s.mul_(otf)
+        a = torch.fft.ifft(s, dim=-3)
+        del s
+        a = torch.fft.ifft(a, dim=-2)
+        return torch.fft.irfft(a, n=int(self.grid[-1]), dim=-1)
 
     def forward(self, x):
         return self.conv(x, self.otf)
@@ -176,6 +200,8 @@ class ForwardModel:
         return torch.fft.irfft(a, n=self.grid[2], dim=2)[:, :, dx]
 
     def back(self, r):
+        if self.botf is None:  # matched: the OTF's conjugate
+            return self.conv(r, self.otf, conj=True)
         return self.conv(r, self.botf)
 
     def sensitivity(self):
@@ -184,7 +210,7 @@ class ForwardModel:
         Also for an unmatched back projector: the Wiener-Butterworth filter
         applied to the box ``1_D`` rings (-2..7) and is no weight.
         """
-        return self.conv(self.ones_d, self.torch.conj(self.otf))
+        return self.conv(self.ones_d, self.otf, conj=True)
 
     def inverse_weight(self):
         """``1 / H^T 1_D`` on the object's support (0 where the data sees less than :data:`WEIGHT_FLOOR`
@@ -197,7 +223,7 @@ class ForwardModel:
     def set_psf(self, h_grid):
         """Use a new PSF given on the wrapped grid (blind deconvolution), matched back projector."""
         self.otf = self.torch.fft.rfftn(h_grid)
-        self.botf = self.torch.conj_physical(self.otf)
+        self.botf = None
 
 
 def cutoffs(otf_abs: np.ndarray, grid, fraction: float):

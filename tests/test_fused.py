@@ -76,6 +76,38 @@ def test_updates_and_extrapolation():
     assert float(out.min()) == 0.0  # some voxels were clipped
 
 
+@pytest.mark.parametrize("with_kernels", [True, False])
+def test_product_with_the_conjugate_in_place(with_kernels):
+    """a *= conj(b) (the matched back projection's OTF product) on an odd-sized complex grid, with the
+    kernels and with the PyTorch fallback, equals the product with a materialised conjugate."""
+    if with_kernels and not _fused.available():
+        pytest.skip("restore3d._kernels not built")
+    a = torch.complex(_rand((5, 7, 9), 0, -2, 2), _rand((5, 7, 9), 1, -2, 2))
+    b = torch.complex(_rand((5, 7, 9), 2, -2, 2), _rand((5, 7, 9), 3, -2, 2))
+    want = a * torch.conj_physical(b)
+    with _fused.kernels(with_kernels):
+        _fused.mul_conj(a, b)
+    torch.testing.assert_close(a, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="differ in size"):
+        _fused.mul_conj(a, b[:2])
+
+
+def test_matched_back_projection_is_the_adjoint_of_the_forward_one():
+    """<H x, r>_D == <x, H^T r> for an asymmetric PSF: the back projector is the forward one's adjoint."""
+    from restore3d.forward_model import ForwardModel
+    rng = np.random.default_rng(4)
+    psf = rng.random((5, 7, 9)).astype(np.float32)
+    psf /= psf.sum()
+    model = ForwardModel((6, 11, 13), psf, boundary="extend", extend="auto", device=torch.device("cpu"))
+    x = torch.from_numpy(rng.random(model.grid).astype(np.float32)) * model.support
+    r = torch.from_numpy(rng.random((6, 11, 13)).astype(np.float32))
+    hx = model.forward_d(x)
+    lhs = float((hx.double() * r.double()).sum())
+    rhs = float((x.double() * model.back(model.embed(r)).double()).sum())
+    assert lhs == pytest.approx(rhs, rel=1e-5)
+    assert float(model.ones_d.sum()) == 6 * 11 * 13
+
+
 @needs_kernels
 def test_bad_sizes_rejected():
     a = torch.zeros(10)
