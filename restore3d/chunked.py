@@ -310,7 +310,12 @@ def run_within_budget(pipeline: Pipeline, vol, spacing, psf, rng, device, budget
                      psf_given=psf is not None, info=fctx.info)
     current, spare, background_free = vol, None, None
     plans, timings = {}, {}
-    for name, stage in [(n, s) for n, s in frozen.steps if s != PASSTHROUGH]:
+    originals = dict(pipeline.steps)
+    for name, stage in frozen.steps:
+        if stage == PASSTHROUGH:  # done on the sample (e.g. EstimatePSF): in the history, as a whole run has it
+            if originals.get(name, PASSTHROUGH) != PASSTHROUGH:
+                ctx.history.append(type(originals[name]).__name__)
+            continue
         t0 = time.perf_counter()
         ctx.step = name
         one = Pipeline([(name, stage)])

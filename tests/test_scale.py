@@ -119,6 +119,18 @@ def test_memory_budget_runs_chunked_with_the_same_result(sim, caplog):
     assert "chunked" not in pipe.run(sim.raw, spacing=sim.spacing).info
 
 
+def test_stage_by_stage_run_keeps_the_history_the_refiner_checks(sim, caplog):
+    """Run stage by stage in chunks, the refiner sees the stages a whole run has before it (EstimatePSF,
+    done on the central block, included): no warning that it was trained after other stages."""
+    pipe = r3.default_pipeline()
+    need = pipe.memory_estimate(sim.raw.shape, sim.spacing, sim.psf)
+    with caplog.at_level("INFO", logger="restore3d"):
+        res = pipe.run(sim.raw, spacing=sim.spacing, memory_budget=0.4 * need / 1e9)
+    assert res.info["chunked"]["stagewise"]["refiner"]["n_chunks"] > 1
+    assert res.info["history"] == [type(s).__name__ for _, s in pipe.steps]
+    assert not any("was trained after" in r.message for r in caplog.records)
+
+
 def test_memory_budget_cannot_chunk_fit_beads(sim, caplog):
     """FitBeads cannot run chunk-wise: over budget the run stays whole and warns."""
     pipe = r3.Pipeline([r3.SubtractBackground(), r3.EstimatePSF(), r3.FitBeads()])
