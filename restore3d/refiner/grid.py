@@ -42,12 +42,45 @@ def _interp_matrix(n_from: int, centres: np.ndarray) -> np.ndarray:
     return m
 
 
+def _sparse_rows(m: np.ndarray):
+    """The non-zeros of each row of ``m`` as ``(columns, weights)``, both (rows, K), zero-padded to the
+    longest row's K (an interpolation matrix has two per row, its transpose a few)."""
+    nz = m != 0
+    counts = nz.sum(axis=1)
+    k = max(1, int(counts.max()) if counts.size else 1)
+    rows, cols = np.nonzero(nz)  # row-major: each row's columns in order
+    slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    idx = np.zeros((m.shape[0], k), np.intp)
+    w = np.zeros((m.shape[0], k), np.float32)
+    idx[rows, slot] = cols
+    w[rows, slot] = m[rows, cols]
+    return idx, w
+
+
+def _apply_axis(volume: np.ndarray, m: np.ndarray, axis: int) -> np.ndarray:
+    """``m`` applied along ``axis`` (``tensordot(m, volume, (1, axis))`` moved back), in O(voxels).
+
+    Gathers along the axis, as many as the fullest row of ``m`` holds
+    non-zeros: a dense product costs the axis length per output voxel (the
+    refiner's resampling grew faster than the volume).
+    """
+    idx, w = _sparse_rows(m)
+    shape = [1] * volume.ndim
+    shape[axis] = -1
+    out = None
+    for k in range(idx.shape[1]):
+        term = np.take(volume, idx[:, k], axis=axis)
+        term *= w[:, k].reshape(shape)
+        out = term if out is None else np.add(out, term, out=out)
+    return out
+
+
 def _apply(mats, volume):
+    """The per-axis matrices applied, the axes that shrink the volume first (the products commute)."""
     out = np.asarray(volume, np.float32)
-    for axis, m in enumerate(mats):
-        if m is None:
-            continue
-        out = np.moveaxis(np.tensordot(m, out, axes=(1, axis)), 0, axis)
+    axes = sorted((a for a, m in enumerate(mats) if m is not None), key=lambda a: mats[a].shape[0] / mats[a].shape[1])
+    for axis in axes:
+        out = _apply_axis(out, mats[axis], axis)
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
