@@ -151,6 +151,26 @@ def _block(nn, cin, cout, cfg):
     return nn.Sequential(*layers)
 
 
+def _upsample_join(torch, low, skip, factor):
+    """``cat([nearest_upsample(low, factor), skip], dim=1)`` without the upsampled array.
+
+    The joined array is allocated once, in ``skip``'s memory format, and the
+    upsampled channels are copied into it from a broadcast view of ``low``
+    (the same values as :class:`torch.nn.Upsample`'s nearest mode for
+    integer factors).
+    """
+    n, c_low = low.shape[:2]
+    layout = torch.channels_last_3d if skip.is_contiguous(memory_format=torch.channels_last_3d) else \
+        torch.contiguous_format
+    out = torch.empty((n, c_low + skip.shape[1]) + tuple(skip.shape[2:]), dtype=skip.dtype, device=skip.device,
+                      memory_format=layout)
+    (z, y, x), (pz, py, px) = low.shape[2:], factor
+    dest = out[:, :c_low].unflatten(2, (z, pz)).unflatten(4, (y, py)).unflatten(6, (x, px))
+    dest.copy_(low[:, :, :, None, :, None, :, None].expand(n, c_low, z, pz, y, py, x, px))
+    out[:, c_low:].copy_(skip)
+    return out
+
+
 def UNet3D(config: UNetConfig):
     """Build the U-Net module (a function so that importing this module does not import torch).
 
@@ -192,9 +212,18 @@ def UNet3D(config: UNetConfig):
                 h = pool(h)
             h = self.bottom(h)
             for i in reversed(range(self.config.depth)):
-                # the upsampled array and the skip are released once joined (inference memory)
-                h = torch.cat([self.ups[i](h), skips.pop()], dim=1)
-                h = self.up[i](h)
+                if torch.is_grad_enabled():
+                    h = self.up[i](torch.cat([self.ups[i](h), skips.pop()], dim=1))
+                    continue
+                # inference: the upsampled array is written straight into the joined one and each input
+                # is released as soon as it is used (full-resolution memory, benchmarks/RESULTS.md section 5)
+                joined = _upsample_join(torch, h, skips.pop(), self.config.pools[i])
+                del h
+                block = list(self.up[i])
+                h = block[0](joined)
+                del joined
+                for layer in block[1:]:
+                    h = layer(h)
             out = self.head(h)
             if self.config.residual:
                 out = out + x

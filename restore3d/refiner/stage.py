@@ -46,8 +46,8 @@ class Refiner(Stage):
         default the even split that keeps every tile under ``max_voxels``.
     max_voxels : int
         Larger volumes (on the network's grid) are processed in overlapping
-        tiles of at most this many voxels: the memory bound (about 240
-        bytes per voxel for the shipped network in bfloat16).
+        tiles of at most this many voxels: the memory bound (about 83
+        bytes per voxel for the default network in bfloat16, 142 in float32).
     precision : {"auto", "fp32", "bf16"}
         Inference precision; "auto" uses bfloat16 where the CPU (AMX,
         AVX512-BF16) or GPU computes it natively, float32 elsewhere.
@@ -156,14 +156,15 @@ class Refiner(Stage):
         """The checkpoint's JSON description."""
         return self.network()[1]
 
-    #: Memory of the network per voxel of a tile (bytes; the shipped network, its batch norms folded,
-    #: measured 225 in bfloat16 and 420 in float32: 240 counted, float32 doubles it).
-    network_bytes_per_voxel: float = 240.0
+    #: Memory of the network per voxel of a tile and per base channel (bytes, batch norms folded), in
+    #: bfloat16 and in float32: the shipped networks measured 83 / 142 (8 base channels, depth 3) and
+    #: 150 / 289 (16, depth 2) per voxel (benchmarks/RESULTS.md, section 5).
+    network_bytes_per_channel: dict = {"bf16": 10.5, "fp32": 18.5}
 
     def memory_bytes(self, shape, spacing, psf=None) -> float:
         """The network on its tiles, the working grid's arrays and the self-check's (bytes)."""
         from .inference import resample_spacing, working_grid_of
-        _, meta = self.network()
+        model, meta = self.network()
         voxels = float(np.prod(shape))
         if meta.get("grid"):
             if psf is not None:
@@ -174,8 +175,8 @@ class Refiner(Stage):
             zoom = np.asarray(spacing, float) / np.asarray(resample_spacing(spacing, meta.get("spacing_range")))
             work = voxels * float(np.prod(zoom))
         from .precision import resolve_precision
-        fp32 = resolve_precision(self.precision, self.device or "cpu") == "fp32"
-        per_voxel = self.network_bytes_per_voxel * (2.0 if fp32 else 1.0)
+        precision = resolve_precision(self.precision, self.device or "cpu")
+        per_voxel = self.network_bytes_per_channel[precision] * model.config.base_channels
         tile = min(work, float(self.max_voxels)) * 1.15  # tiles are rounded up to the network's grid
         # the working grid's arrays (padded, normalised, output, blend weights); the self-check's and the
         # kernel measurement's (a rendering and ideal beads)

@@ -61,3 +61,21 @@ def test_folded_batchnorm_gives_the_same_output():
     assert ref.abs().max() > 0.1
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("depth, pools", [(2, ((1, 2, 2), (2, 2, 2))), (3, ((1, 2, 2), (2, 2, 2), (2, 2, 2)))])
+def test_inference_forward_equals_the_training_one(channels_last, depth, pools):
+    """Without gradients the decoder joins the upsampled and skip arrays in place (less memory): the same
+    output, to the bit, as the concatenation the training forward uses, in both memory layouts."""
+    model = random_model(seed=5, depth=depth, pools=pools)
+    x = torch.rand(1, 1, 8 * depth, 48, 40, generator=torch.Generator().manual_seed(2))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.enable_grad():
+        ref = model(x).detach()
+    with torch.no_grad():
+        got = model(x)
+    assert float((ref - x.clamp(min=0)).abs().max()) > 1e-3  # the network, not the residual identity
+    assert torch.equal(got, ref)
