@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from .normalize import Normalizer
-from .tiling import blend_weight, pad_to_multiple, plan_tile_shape, tiles
+from .tiling import blend_weight, pad_to_multiple, plan_tile_shape, tiles, weight_sums
 
 __all__ = ["predict", "refine", "resample_spacing", "working_grid_of"]
 
@@ -24,6 +24,21 @@ def resample_spacing(spacing, spacing_range):
     return tuple(float(np.clip(s, a, b)) for s, a, b in zip(spacing, lo, hi))
 
 
+def _tile_of(vol, tile, padded_shape):
+    """``np.pad(vol, ..., mode="reflect")[tile]`` for a volume padded at its ends to ``padded_shape``,
+    without the padded volume (only the tile is made)."""
+    src, extra = [], []
+    for sl, n, m in zip(tile, vol.shape, padded_shape):
+        beyond = max(0, sl.stop - n)  # planes past the end, mirrored from the ones before it
+        start = max(0, min(sl.start, n - 1 - beyond))
+        src.append(slice(start, min(sl.stop, n)))
+        extra.append((sl.start - start, beyond))
+    part = vol[tuple(src)]
+    if any(b for _, b in extra):
+        part = np.pad(part, [(0, b) for _, b in extra], mode="reflect")
+    return part[tuple(slice(a, a + (sl.stop - sl.start)) for (a, _), sl in zip(extra, tile))]
+
+
 def _network_pass(model, vol, *, device, tile_shape, max_voxels, ramp, progress, precision="fp32"):
     import torch
     from tqdm.auto import tqdm
@@ -33,40 +48,44 @@ def _network_pass(model, vol, *, device, tile_shape, max_voxels, ramp, progress,
     model = fold_batchnorm(model)
     cfg = model.config
     mult = cfg.multiple
-    pad = pad_to_multiple(vol.shape, mult)
-    padded = np.pad(vol, pad, mode="reflect") if any(p[1] for p in pad) else vol
+    padded_shape = tuple(n + p[1] for n, p in zip(vol.shape, pad_to_multiple(vol.shape, mult)))
     halo = cfg.receptive_halo()
     overlap = tuple(2 * h + ramp for h in halo)
     if tile_shape is None:
-        tile_shape = plan_tile_shape(padded.shape, max_voxels, overlap, mult)
-    tile_shape = tuple(min(int(t), n) if t else n for t, n in zip(tile_shape, padded.shape))
-    tile_shape = tuple(n if t >= n else max(m, t // m * m) for t, n, m in zip(tile_shape, padded.shape, mult))
-    all_tiles = tiles(padded.shape, tile_shape, overlap, mult)
-    out = np.zeros(padded.shape, np.float32)
-    weight = np.zeros(padded.shape, np.float32) if len(all_tiles) > 1 else None
+        tile_shape = plan_tile_shape(padded_shape, max_voxels, overlap, mult)
+    tile_shape = tuple(min(int(t), n) if t else n for t, n in zip(tile_shape, padded_shape))
+    tile_shape = tuple(n if t >= n else max(m, t // m * m) for t, n, m in zip(tile_shape, padded_shape, mult))
+    all_tiles = tiles(padded_shape, tile_shape, overlap, mult)
+    out = None
     channels_last = device.type == "cpu"
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     with torch.no_grad(), autocast(precision, device):
         for t in tqdm(all_tiles, desc="refiner tiles", disable=not progress or len(all_tiles) == 1, leave=False):
-            x = torch.from_numpy(np.ascontiguousarray(padded[t]))[None, None].to(device)
+            x = torch.from_numpy(np.ascontiguousarray(_tile_of(vol, t, padded_shape)))[None, None].to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             y = model(x)[0, 0].float().cpu().numpy()
-            if weight is None:
+            del x
+            if len(all_tiles) == 1:
                 out = y
-            else:
-                w = blend_weight(t, padded.shape, halo, ramp)
-                out[t] += y * w
-                weight[t] += w
-    if weight is not None:
-        out = out / np.maximum(weight, 1e-12)
+                break
+            if out is None:
+                out = np.zeros(padded_shape, np.float32)
+            y *= blend_weight(t, padded_shape, halo, ramp)
+            out[t] += y
+            del y
+    if len(all_tiles) > 1:  # divided by the summed weights, one axis at a time (no weight volume)
+        sz, sy, sx = (np.maximum(w, 1e-12).astype(np.float32)
+                      for w in weight_sums(all_tiles, padded_shape, halo, ramp))
+        out /= sz[:, None, None]
+        out /= sy[:, None] * sx[None, :]
     return out[tuple(slice(0, n) for n in vol.shape)]
 
 
 def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: Normalizer,
             spacing_range: dict | None = None, device=None, tile_shape=None,
-            max_voxels: int = 4_000_000, ramp: int = 8, progress: bool = False,
+            max_voxels: int = 8_000_000, ramp: int = 8, progress: bool = False,
             stats: tuple | None = None, precision: str = "fp32") -> np.ndarray:
     """Run a refiner network on a (z, y, x) volume.
 
@@ -78,7 +97,7 @@ def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: 
     prediction. The tiles are ``tile_shape`` (0 = the whole axis) or, when
     None, the fewest voxels in all with at most ``max_voxels`` per tile
     (:func:`restore3d.refiner.tiling.plan_tile_shape`); the network's memory
-    grows with the tile (about 83 bytes per voxel for the default one in bfloat16). ``stats`` = ``(offset,
+    grows with the tile (about 58 bytes per voxel for the default one in float32). ``stats`` = ``(offset,
     scale)`` fixes the normalisation (chunks of a large volume).
     ``precision`` ("fp32", "bf16" or "auto") sets the autocast precision.
 
@@ -99,16 +118,20 @@ def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: 
     else:
         work = vol
     off, scale = normalizer.stats(work) if stats is None else stats
-    norm = (work - off) / np.float32(scale)
+    norm = np.subtract(work, np.float32(off), dtype=np.float32)
+    norm /= np.float32(scale)
     if work.size <= max_voxels:
         tile_shape = (0, 0, 0)
     if tile_shape is not None and len(tile_shape) != 3:
         raise ValueError(f"tile_shape must be (Z, Y, X) or None, got {tile_shape!r}")
     model = model.to(dev).eval()
     from .precision import resolve_precision
-    out = _network_pass(model, norm.astype(np.float32), device=dev, tile_shape=tile_shape,
-                        max_voxels=max_voxels, ramp=ramp,
-                        progress=progress, precision=resolve_precision(precision, dev)) * np.float32(scale)
+    if not resample:
+        del work, vol, volume  # the normalised copy is all the pass needs (freed here if the caller lets go)
+    out = _network_pass(model, norm, device=dev, tile_shape=tile_shape, max_voxels=max_voxels, ramp=ramp,
+                        progress=progress, precision=resolve_precision(precision, dev))
+    del norm
+    out *= np.float32(scale)
     if resample:
         back = ndimage.zoom(out, np.asarray(vol.shape) / np.asarray(out.shape), order=1, mode="nearest",
                             grid_mode=True)
@@ -119,7 +142,8 @@ def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: 
         gain = float(out.sum()) / max(float(work.sum()), 1e-30)
         total = gain * float(vol.sum())
         out = back * (total / max(float(back.sum()), 1e-30)) if total > 0 else back
-    return np.clip(out, 0, None).astype(np.float32)
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    return np.clip(out, 0, None, out=out)
 
 
 def working_grid_of(meta: dict, shape, spacing, psf, *, part_of=None, multiple=(1, 1, 1)):
@@ -142,7 +166,7 @@ def working_grid_of(meta: dict, shape, spacing, psf, *, part_of=None, multiple=(
 
 
 def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, psf=None, device=None,
-           tile_shape=None, max_voxels: int = 4_000_000, intensity=None, precision: str = "auto",
+           tile_shape=None, max_voxels: int = 8_000_000, intensity=None, precision: str = "auto",
            progress: bool = False, calibrate: bool = True, kernel_um=None, info: dict | None = None,
            part_of=None, light_gain: float | None = None) -> np.ndarray:
     """Apply a refiner network to the output of its preceding stages.
@@ -196,9 +220,9 @@ def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, p
     from .transforms import RENDERING, apply_input_transform, apply_output_transform
     volume = apply_input_transform(np.asarray(volume, np.float32), spacing, meta.get("input_transform"), psf)
     grid = working_grid_of(meta, volume.shape, spacing, psf, part_of=part_of, multiple=model.config.multiple)
-    if grid is not None:
-        volume = grid.to_work(volume)
-    out = predict(model, volume, spacing if grid is None else grid.spacing, normalizer=normalizer_of(meta),
+    # the working grid is made in the call and held only by predict, which frees it once normalised
+    out = predict(model, volume if grid is None else grid.to_work(volume), spacing if grid is None else grid.spacing,
+                  normalizer=normalizer_of(meta),
                   spacing_range=meta.get("spacing_range"), device=device, tile_shape=tile_shape,
                   max_voxels=max_voxels, progress=progress,
                   stats=None if intensity is None else tuple(intensity), precision=precision)

@@ -151,17 +151,18 @@ def _block(nn, cin, cout, cfg):
     return nn.Sequential(*layers)
 
 
-def _upsample_join(torch, low, skip, factor):
+def _upsample_join(torch, low, skip, factor, memory_format=None):
     """``cat([nearest_upsample(low, factor), skip], dim=1)`` without the upsampled array.
 
-    The joined array is allocated once, in ``skip``'s memory format, and the
+    The joined array is allocated once, in ``memory_format`` (default
+    ``skip``'s), and the
     upsampled channels are copied into it from a broadcast view of ``low``
     (the same values as :class:`torch.nn.Upsample`'s nearest mode for
     integer factors).
     """
     n, c_low = low.shape[:2]
-    layout = torch.channels_last_3d if skip.is_contiguous(memory_format=torch.channels_last_3d) else \
-        torch.contiguous_format
+    layout = memory_format if memory_format is not None else torch.channels_last_3d \
+        if skip.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format
     out = torch.empty((n, c_low + skip.shape[1]) + tuple(skip.shape[2:]), dtype=skip.dtype, device=skip.device,
                       memory_format=layout)
     (z, y, x), (pz, py, px) = low.shape[2:], factor
@@ -204,6 +205,12 @@ def UNet3D(config: UNetConfig):
             nn.init.zeros_(self.head.bias)
 
         def forward(self, x):
+            if not torch.is_grad_enabled():
+                # inference: each level's blocks in slabs, the finest level never held whole
+                # (restore3d.refiner.streaming; benchmarks/RESULTS.md section 5)
+                from .streaming import forward_by_slabs
+                return forward_by_slabs(self, x, channels_last=x.device.type == "cpu" and
+                                        x.is_contiguous(memory_format=torch.channels_last_3d))
             skips = []
             h = x
             for block, pool in zip(self.down, self.pools):
@@ -212,18 +219,7 @@ def UNet3D(config: UNetConfig):
                 h = pool(h)
             h = self.bottom(h)
             for i in reversed(range(self.config.depth)):
-                if torch.is_grad_enabled():
-                    h = self.up[i](torch.cat([self.ups[i](h), skips.pop()], dim=1))
-                    continue
-                # inference: the upsampled array is written straight into the joined one and each input
-                # is released as soon as it is used (full-resolution memory, benchmarks/RESULTS.md section 5)
-                joined = _upsample_join(torch, h, skips.pop(), self.config.pools[i])
-                del h
-                block = list(self.up[i])
-                h = block[0](joined)
-                del joined
-                for layer in block[1:]:
-                    h = layer(h)
+                h = self.up[i](torch.cat([self.ups[i](h), skips.pop()], dim=1))
             out = self.head(h)
             if self.config.residual:
                 out = out + x

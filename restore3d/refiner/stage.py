@@ -46,8 +46,10 @@ class Refiner(Stage):
         default the even split that keeps every tile under ``max_voxels``.
     max_voxels : int
         Larger volumes (on the network's grid) are processed in overlapping
-        tiles of at most this many voxels: the memory bound (about 83
-        bytes per voxel for the default network in bfloat16, 142 in float32).
+        tiles of at most this many voxels: the memory bound (about 58 bytes
+        per voxel of a tile for the default network in float32, each level
+        run in slabs, :mod:`restore3d.refiner.streaming`). A 34 x 512 x 512
+        field's working grid (7.2 million voxels) runs as one tile.
     precision : {"auto", "fp32", "bf16"}
         Inference precision; "auto" uses bfloat16 where the CPU (AMX,
         AVX512-BF16) or GPU computes it natively, float32 elsewhere.
@@ -89,7 +91,7 @@ class Refiner(Stage):
     default_name = "refiner"
 
     def __init__(self, weights=DEFAULT_WEIGHTS, *, device: str | None = None,
-                 tile_shape: list | None = None, max_voxels: int = 4_000_000, intensity=None,
+                 tile_shape: list | None = None, max_voxels: int = 8_000_000, intensity=None,
                  precision: str = "auto", check: bool = True, calibrate: bool = True, kernel_um=None,
                  light_gain: float | None = None):
         self.weights = weights
@@ -156,10 +158,11 @@ class Refiner(Stage):
         """The checkpoint's JSON description."""
         return self.network()[1]
 
-    #: Memory of the network per voxel of a tile and per base channel (bytes, batch norms folded), in
-    #: bfloat16 and in float32: the shipped networks measured 83 / 142 (8 base channels, depth 3) and
-    #: 150 / 289 (16, depth 2) per voxel (benchmarks/RESULTS.md, section 5).
-    network_bytes_per_channel: dict = {"bf16": 10.5, "fp32": 18.5}
+    #: Memory of the network per voxel of a tile and per base channel (bytes, batch norms folded, each
+    #: level in slabs): the shipped network (8 base channels, depth 3) measured 58 per voxel in float32 on a
+    #: 64 x 336 x 336 tile (benchmarks/RESULTS.md, section 5); bfloat16 holds its activations in half the
+    #: bytes and is counted as float32 (not measured: the machine measured on computes no bfloat16).
+    network_bytes_per_channel: dict = {"bf16": 7.25, "fp32": 7.25}
 
     def memory_bytes(self, shape, spacing, psf=None) -> float:
         """The network on its tiles, the working grid's arrays and the self-check's (bytes)."""

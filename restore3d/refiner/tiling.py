@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["tile_starts", "tiles", "blend_weight", "pad_to_multiple", "plan_tile_shape"]
+__all__ = ["tile_starts", "tiles", "blend_weight", "blend_profiles", "weight_sums", "pad_to_multiple",
+           "plan_tile_shape"]
 
 
 def pad_to_multiple(shape, multiple):
@@ -90,12 +91,14 @@ def plan_tile_shape(shape, max_voxels: int, overlap, multiple=(1, 1, 1), most: i
     return (best or fallback)[1]
 
 
-def blend_weight(tile_slices, shape, halo, ramp=None):
-    """Window of one tile along each axis: 0 within ``halo`` of an inner border, a raised-cosine ramp over the next ``ramp`` voxels, 1 inside.
+def blend_profiles(tile_slices, shape, halo, ramp=None):
+    """The window of one tile along each axis (three 1D arrays; :func:`blend_weight` is their product).
 
-    Borders that coincide with the volume's border are not inner borders.
-    With tiles overlapping by ``2 * halo + ramp``, neighbouring ramps are
-    complementary and every voxel gets a positive total weight.
+    0 within ``halo`` of an inner border, a raised-cosine ramp over the next
+    ``ramp`` voxels, 1 inside. Borders that coincide with the volume's border
+    are not inner borders. With tiles overlapping by ``2 * halo + ramp``,
+    neighbouring ramps are complementary and every voxel gets a positive
+    total weight.
     """
     profiles = []
     ramps = halo if ramp is None else ramp
@@ -113,4 +116,27 @@ def blend_weight(tile_slices, shape, halo, ramp=None):
             falling = rising[::-1][r - (seg.stop - seg.start):]
             w[seg] = np.minimum(w[seg], falling)
         profiles.append(w)
-    return (profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]).astype(np.float32)
+    return profiles
+
+
+def blend_weight(tile_slices, shape, halo, ramp=None):
+    """Window of one tile (float32, the tile's shape): the product of :func:`blend_profiles`."""
+    pz, py, px = blend_profiles(tile_slices, shape, halo, ramp)
+    return (pz[:, None, None] * py[None, :, None] * px[None, None, :]).astype(np.float32)
+
+
+def weight_sums(all_tiles, shape, halo, ramp=None):
+    """Per axis, the sum of the tiles' profiles: the summed 3D weight at a voxel is their product.
+
+    The tiles of :func:`tiles` are the product of per-axis tile lists and
+    each window the product of per-axis profiles, so the sum factorises
+    (no weight volume is needed to normalise a blend).
+    """
+    sums = [np.zeros(n) for n in shape]
+    for a in range(3):
+        for start, stop in {(t[a].start, t[a].stop) for t in all_tiles}:
+            sl = slice(start, stop)
+            full = [slice(0, n) for n in shape]
+            full[a] = sl
+            sums[a][sl] += blend_profiles(full, shape, halo, ramp)[a]
+    return sums

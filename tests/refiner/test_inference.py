@@ -9,7 +9,7 @@ from .conftest import random_model  # noqa: E402
 from restore3d.refiner import UNetConfig, build_model  # noqa: E402
 from restore3d.refiner.inference import predict  # noqa: E402
 from restore3d.refiner.normalize import Normalizer  # noqa: E402
-from restore3d.refiner.tiling import blend_weight, tile_starts, tiles  # noqa: E402
+from restore3d.refiner.tiling import blend_weight, tile_starts, tiles, weight_sums  # noqa: E402
 
 SP = (0.3, 0.1, 0.1)
 
@@ -28,6 +28,24 @@ def test_tiling_geometry_stitches_arange_exactly():
     np.testing.assert_allclose(acc / wsum, data, rtol=1e-12)
     for s in tile_starts(250, 64, 20, 4):
         assert s % 4 == 0
+
+
+def test_blend_weights_sum_per_axis_and_tiles_are_cut_without_the_padded_volume():
+    """The summed 3D weight is the product of per-axis sums (no weight volume), and a tile of the
+    reflect-padded volume is made from the volume alone."""
+    from restore3d.refiner.inference import _tile_of
+    shape = (12, 40, 37)
+    all_tiles = tiles(shape, (12, 24, 16), (0, 10, 10), (1, 4, 4))
+    assert len(all_tiles) >= 6
+    total = np.zeros(shape)
+    for t in all_tiles:
+        total[t] += blend_weight(t, shape, (0, 3, 3), (0, 4, 4))
+    sz, sy, sx = weight_sums(all_tiles, shape, (0, 3, 3), (0, 4, 4))
+    assert np.allclose(total, sz[:, None, None] * sy[None, :, None] * sx[None, None, :], atol=1e-6)
+    vol = np.random.default_rng(0).random((10, 33, 29)).astype(np.float32)
+    padded = np.pad(vol, [(0, 2), (0, 7), (0, 3)], mode="reflect")
+    for t in tiles(padded.shape, (8, 16, 16), (2, 6, 6), (2, 8, 8)):
+        assert np.array_equal(_tile_of(vol, t, padded.shape), padded[t])
 
 
 @pytest.mark.parametrize("norm", ["batch", "none"])

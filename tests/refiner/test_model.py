@@ -66,8 +66,8 @@ def test_folded_batchnorm_gives_the_same_output():
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("depth, pools", [(2, ((1, 2, 2), (2, 2, 2))), (3, ((1, 2, 2), (2, 2, 2), (2, 2, 2)))])
 def test_inference_forward_equals_the_training_one(channels_last, depth, pools):
-    """Without gradients the decoder joins the upsampled and skip arrays in place (less memory): the same
-    output, to the bit, as the concatenation the training forward uses, in both memory layouts."""
+    """Without gradients each level runs in slabs (restore3d.refiner.streaming; less memory): the same
+    output, to the bit, as the training forward, in both memory layouts."""
     model = random_model(seed=5, depth=depth, pools=pools)
     x = torch.rand(1, 1, 8 * depth, 48, 40, generator=torch.Generator().manual_seed(2))
     if channels_last:
@@ -79,3 +79,36 @@ def test_inference_forward_equals_the_training_one(channels_last, depth, pools):
         got = model(x)
     assert float((ref - x.clamp(min=0)).abs().max()) > 1e-3  # the network, not the residual identity
     assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("keep_finest", [False, True])
+@pytest.mark.parametrize("slab_values", [3000, 20000])
+def test_slab_wise_inference_equals_the_whole_pass(keep_finest, slab_values):
+    """Many slabs along x (widths that do not divide the volume; the finest skip kept or computed again)
+    give the output of the whole pass, to the bit; slabs cover every column once."""
+    from restore3d.refiner.streaming import _columns, forward_by_slabs
+    model = random_model(seed=7, depth=3, pools=((1, 2, 2), (2, 2, 2), (2, 2, 2))).to(
+        memory_format=torch.channels_last_3d)
+    x = torch.rand(1, 1, 8, 24, 56, generator=torch.Generator().manual_seed(4)).contiguous(
+        memory_format=torch.channels_last_3d)
+    with torch.enable_grad():
+        ref = model(x).detach()
+    with torch.no_grad():
+        got = forward_by_slabs(model, x, slab_values=slab_values, least_width=1, channels_last=True,
+                               keep_finest=keep_finest)
+    assert _columns(x.shape, 8 + 2 * 4, slab_values) <= 56 // 8  # the finest decoder level: 8 slabs or more
+    assert float((ref - x.clamp(min=0)).abs().max()) > 1e-3
+    assert torch.equal(got, ref)
+
+
+def test_slab_bounds_cover_each_column_once_with_context():
+    from restore3d.refiner.streaming import slab_bounds
+    for n, rows, halo, align in [(56, 7, 2, 2), (9, 4, 1, 1), (16, 100, 3, 4), (1, 1, 0, 1)]:
+        slabs = slab_bounds(n, rows, halo, align)
+        kept = [c for a, b, _, _ in slabs for c in range(a, b)]
+        assert kept == list(range(n))
+        for a, b, lo, hi in slabs:
+            assert lo <= max(0, a - halo) and hi >= min(n, b + halo)
+            assert lo % align == 0 and (hi % align == 0 or hi == n)
+    with pytest.raises(ValueError, match="halo >= 0"):
+        slab_bounds(8, 2, -1)

@@ -1,0 +1,160 @@
+"""Inference of the U-Net level by level, each block in slabs: no full-resolution block held whole.
+
+A tile of the U-Net (:func:`restore3d.refiner.model.UNet3D`) evaluated in one
+call holds, at its finest level, the joined decoder input (upsampled and
+skip channels: three times the base channels), the block's output and the
+input: about 36 values per voxel (154 bytes per voxel in float32 for the
+shipped network). Every block is a few convolutions, so its output at a
+voxel depends only on ``convs_per_level * (kernel_size // 2)`` voxels of its
+input on each side. Here each block runs on slabs along x with that much
+context (rounded out to the coarser level's grid where upsampled values are
+joined) and writes its slab into the level's output. The finest level's
+skip is not kept: only its pooled copy is, and each decoder slab computes
+its columns again from the input; that slab goes on through the head, the
+residual and the ReLU to the single output channel. What is held whole is
+the input, the output and the coarser levels' arrays: 58 bytes per voxel
+(64 x 336 x 336 in float32), for about 1/8 more convolution work (the
+slabs' context and the finest block run twice). The values are those of the
+whole pass, to the bit.
+
+Slabs run along x because PyTorch's CPU convolution takes its slow path
+(no oneDNN) when batch x channels x z x y of the input is small, which thin
+y slabs are.
+"""
+from __future__ import annotations
+
+__all__ = ["forward_by_slabs", "slab_bounds"]
+
+#: Values (voxels x channels) of a block's widest array in one slab: 16 MB in float32.
+SLAB_VALUES = 4_000_000
+#: A slab is at least this many times its context wide (the context's convolutions, done twice, cost
+#: at most 1/8 more; narrower slabs ran up to 1.6x slower on 2 cores).
+LEAST_WIDTH = 8
+
+
+def slab_bounds(n: int, rows: int, halo: int, align: int = 1):
+    """Slabs ``(a, b, lo, hi)`` covering ``range(n)``: rows ``[a, b)`` kept, ``[lo, hi)`` computed.
+
+    ``rows`` is rounded to a multiple of ``align`` (at least one); ``lo``
+    and ``hi`` extend the slab by ``halo`` rows (clipped to ``[0, n]``) and
+    are multiples of ``align`` (or ``n``).
+    """
+    if n < 1 or halo < 0 or align < 1:
+        raise ValueError(f"slab_bounds needs n >= 1, halo >= 0, align >= 1; got {n}, {halo}, {align}")
+    rows = max(align, int(rows) // align * align)
+    out = []
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        lo = max(0, (a - halo) // align * align)
+        hi = min(n, -(-(b + halo) // align) * align)
+        out.append((a, b, lo, hi))
+    return out
+
+
+def _by_slabs(torch, compute, n, rows, halo, align, fmt, shrink=1):
+    """``compute(lo, hi)`` per slab along x (dim 4), the kept columns gathered into one tensor of format ``fmt``.
+
+    ``shrink``: ``compute`` returns its slab pooled by this factor along x
+    (``align`` is then a multiple of it).
+    """
+    out = None
+    for a, b, lo, hi in slab_bounds(n, rows, halo, align):
+        part = compute(lo, hi)[..., (a - lo) // shrink: (b - lo) // shrink]
+        if out is None:
+            shape = tuple(part.shape[:4]) + (n // shrink,)
+            out = torch.empty(shape, dtype=part.dtype, device=part.device, memory_format=fmt)
+        out[..., a // shrink: b // shrink].copy_(part)
+        del part
+    return out
+
+
+def _columns(shape, channels, slab_values, least=1):
+    """Columns of x per slab so that one slab of a ``channels``-channel array holds about ``slab_values`` values
+    (at least ``least``)."""
+    return max(least, int(slab_values // (max(1, shape[2] * shape[3]) * max(1, channels))))
+
+
+def forward_by_slabs(model, x, *, slab_values: int = SLAB_VALUES, least_width: int = LEAST_WIDTH,
+                     channels_last: bool = False, keep_finest: bool = False):
+    """``model(x)`` without gradients, each level's blocks run in slabs along x (module docstring).
+
+    Parameters
+    ----------
+    model : UNet3D
+        In evaluation mode (batch norms use their running statistics, or are
+        folded: :func:`restore3d.refiner.model.fold_batchnorm`).
+    x : (N, 1, Z, Y, X) tensor
+        Sizes multiples of ``model.config.multiple``.
+    slab_values : int
+        Slab size: values (voxels x channels) of a block's widest array.
+    least_width : int
+        Slabs are at least this many times a block's context wide.
+    channels_last : bool
+        Hold the arrays channels-last (what oneDNN convolves fastest on CPUs).
+    keep_finest : bool
+        Hold the finest level's skip (the base channels at full resolution)
+        for the decoder; default: keep only its pooled copy and compute it
+        again slab by slab where the decoder joins it (its first block runs
+        twice; the largest array held whole is then the input).
+
+    Returns
+    -------
+    (N, 1, Z, Y, X) tensor
+    """
+    import torch
+    from .model import _upsample_join
+    cfg = model.config
+    halo = cfg.convs_per_level * (cfg.kernel_size // 2)
+    ch = [cfg.base_channels * 2 ** i for i in range(cfg.depth + 1)]
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+
+    def columns(shape, channels):
+        return _columns(shape, channels, slab_values, least_width * halo)
+
+    def block_on(block, src):
+        return lambda lo, hi: block(src[..., lo:hi].contiguous(memory_format=fmt))
+
+    def finest_skip(lo, hi):  # the first block's output on columns [lo, hi), from the input with its context
+        a, b = max(0, lo - halo), min(x.shape[4], hi + halo)
+        return model.down[0](x[..., a:b].contiguous(memory_format=fmt))[..., lo - a: hi - a]
+
+    with torch.no_grad():
+        skips, h = [], x
+        for i, (block, pool) in enumerate(zip(model.down, model.pools)):
+            cols = columns(h.shape, ch[i] + h.shape[1])
+            if i == 0 and not keep_finest:
+                skips.append(None)
+                px = cfg.pools[0][2]
+                h = _by_slabs(torch, lambda lo, hi: pool(finest_skip(lo, hi)), x.shape[4], cols, 0, px, fmt,
+                              shrink=px)
+                continue
+            skip = _by_slabs(torch, block_on(block, h), h.shape[4], cols, halo, 1, fmt)
+            skips.append(skip)
+            del h
+            h = pool(skip)
+        h = _by_slabs(torch, block_on(model.bottom, h), h.shape[4], columns(h.shape, ch[-1] + h.shape[1]), halo, 1, fmt)
+        for i in reversed(range(cfg.depth)):
+            low, skip, factor = h, skips.pop(), cfg.pools[i]
+            del h
+            px = factor[2]
+
+            def compute(lo, hi, low=low, skip=skip, factor=factor, i=i, px=px):
+                here = skip[..., lo:hi] if skip is not None else finest_skip(lo, hi)
+                joined = _upsample_join(torch, low[..., lo // px: hi // px], here, factor, memory_format=fmt)
+                del here
+                layers = list(model.up[i])
+                y = layers[0](joined)
+                del joined
+                for layer in layers[1:]:
+                    y = layer(y)
+                if i:
+                    return y
+                y = model.head(y)
+                if cfg.residual:
+                    y = y + x[..., lo:hi]
+                return torch.relu(y)
+
+            shape = x.shape if skip is None else skip.shape
+            h = _by_slabs(torch, compute, shape[4], columns(shape, ch[i + 1] + 2 * ch[i]), halo, px, fmt)
+            del low, skip
+        return h
