@@ -39,7 +39,9 @@ def _tile_of(vol, tile, padded_shape):
     return part[tuple(slice(a, a + (sl.stop - sl.start)) for (a, _), sl in zip(extra, tile))]
 
 
-def _network_pass(model, vol, *, device, tile_shape, max_voxels, ramp, progress, precision="fp32"):
+def _network_pass(model, held, *, device, tile_shape, max_voxels, ramp, progress, precision="fp32"):
+    """The network on the normalised volume in ``held`` (a one-element list, emptied: the volume is freed
+    as soon as its last tile is cut, unless the caller holds it too), tiles blended."""
     import torch
     from tqdm.auto import tqdm
 
@@ -48,6 +50,7 @@ def _network_pass(model, vol, *, device, tile_shape, max_voxels, ramp, progress,
     model = fold_batchnorm(model)
     cfg = model.config
     mult = cfg.multiple
+    vol = held.pop()
     padded_shape = tuple(n + p[1] for n, p in zip(vol.shape, pad_to_multiple(vol.shape, mult)))
     halo = cfg.receptive_halo()
     overlap = tuple(2 * h + ramp for h in halo)
@@ -56,13 +59,16 @@ def _network_pass(model, vol, *, device, tile_shape, max_voxels, ramp, progress,
     tile_shape = tuple(min(int(t), n) if t else n for t, n in zip(tile_shape, padded_shape))
     tile_shape = tuple(n if t >= n else max(m, t // m * m) for t, n, m in zip(tile_shape, padded_shape, mult))
     all_tiles = tiles(padded_shape, tile_shape, overlap, mult)
-    out = None
+    out, shape = None, vol.shape
     channels_last = device.type == "cpu"
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     with torch.no_grad(), autocast(precision, device):
-        for t in tqdm(all_tiles, desc="refiner tiles", disable=not progress or len(all_tiles) == 1, leave=False):
+        for k, t in enumerate(tqdm(all_tiles, desc="refiner tiles", disable=not progress or len(all_tiles) == 1,
+                                   leave=False)):
             x = torch.from_numpy(np.ascontiguousarray(_tile_of(vol, t, padded_shape)))[None, None].to(device)
+            if k == len(all_tiles) - 1:
+                del vol
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             y = model(x)[0, 0].float().cpu().numpy()
@@ -80,7 +86,7 @@ def _network_pass(model, vol, *, device, tile_shape, max_voxels, ramp, progress,
                       for w in weight_sums(all_tiles, padded_shape, halo, ramp))
         out /= sz[:, None, None]
         out /= sy[:, None] * sx[None, :]
-    return out[tuple(slice(0, n) for n in vol.shape)]
+    return out[tuple(slice(0, n) for n in shape)]
 
 
 def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: Normalizer,
@@ -128,9 +134,10 @@ def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: 
     from .precision import resolve_precision
     if not resample:
         del work, vol, volume  # the normalised copy is all the pass needs (freed here if the caller lets go)
-    out = _network_pass(model, norm, device=dev, tile_shape=tile_shape, max_voxels=max_voxels, ramp=ramp,
-                        progress=progress, precision=resolve_precision(precision, dev))
+    held = [norm]
     del norm
+    out = _network_pass(model, held, device=dev, tile_shape=tile_shape, max_voxels=max_voxels, ramp=ramp,
+                        progress=progress, precision=resolve_precision(precision, dev))
     out *= np.float32(scale)
     if resample:
         back = ndimage.zoom(out, np.asarray(vol.shape) / np.asarray(out.shape), order=1, mode="nearest",
