@@ -78,13 +78,13 @@ def load_real(rel, spacing):
     return vol, tuple(spacing)
 
 
-def run_stack(name, vol, spacing, refiner, rows, crop=False, after=()):
+def run_stack(name, vol, spacing, refiner, rows, crop=False, after=(), psf=None):
     if crop:
         vol = vol[:, : min(vol.shape[1], 256), : min(vol.shape[2], 256)]
     pipe = Pipeline(classical_stages().steps + [("refiner", refiner)] + list(after))
     t0 = time.perf_counter()
     try:
-        res = pipe.run(vol, spacing=spacing, keep=("background", "rl"))
+        res = pipe.run(vol, spacing=spacing, keep=("background", "rl"), psf=psf)
     except ValueError as exc:  # e.g. no bead the PSF can be estimated from: say so in the table
         print(f"| {name} | default pipeline failed: {str(exc).splitlines()[0][:150]} |", flush=True)
         return None
@@ -117,6 +117,8 @@ def main():
     ap.add_argument("--support", action="store_true",
                     help="end the hybrid with RemoveUnsupported (spots the data do not hold removed) after a "
                          "refiner that does not render (a rendering one always is, as in default_pipeline)")
+    ap.add_argument("--true-psf", action="store_true",
+                    help="simulated stacks: give the pipeline the simulation's PSF instead of estimating it")
     ap.add_argument("--no-calibrate", action="store_true",
                     help="render a rendering refiner's kernel as trained, not measured on the volume")
     args = ap.parse_args()
@@ -126,7 +128,7 @@ def main():
     refiner = Refiner.pretrained(args.weights, **kw) if args.weights in SHIPPED else Refiner.load(args.weights, **kw)
     after = [("support", RemoveUnsupported())] if args.support or refiner.renders else []
     print(f"refiner: {args.weights}{' (kernel as trained)' if args.no_calibrate else ''}"
-          f"{'; then RemoveUnsupported' if after else ''}")
+          f"{'; then RemoveUnsupported' if after else ''}{'; simulations with their true PSF' if args.true_psf else ''}")
     rows, sim_rows = [], []
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
     for name, (rel, spacing) in REAL.items():
@@ -141,7 +143,8 @@ def main():
         if args.only and not any(o in name for o in args.only):
             continue
         sim = simulate.simulate_beads(**{"shape": (32, 256, 256), **kw}, seed=20 + i)
-        res = run_stack(name, sim.raw, sim.spacing, refiner, rows, after=after)
+        res = run_stack(name, sim.raw, sim.spacing, refiner, rows, after=after,
+                        psf=sim.psf if args.true_psf else None)
         if res is None:
             continue
         for stages, out in (("classical", res.intermediates["rl"]), ("hybrid", np.asarray(res))):

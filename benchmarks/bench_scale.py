@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_scale.py big                             # 71 x 1024 x 1024 uint8, default budget
     python benchmarks/bench_scale.py all [--work /tmp/r3-scale]
     python benchmarks/bench_scale.py memory --shape 64 1024 1024   # one measurement (run in a fresh process)
+    python benchmarks/bench_scale.py network                       # the refiner's network: slabs vs whole levels
 
 Every size runs in a fresh process, so peak memory is that size's own.
 Peak RSS per stage is the process's high-water mark during the stage
@@ -299,10 +300,80 @@ BIG = dict(spacing=(0.1, 0.0443, 0.0443), bead_diameter=0.17, flux=60000.0,
            detector=dict(bits=8, gain=1.0, floor=1.0))
 
 
+#: The refiner's network alone on the working grid of a 34 x 512 x 512 field (64 x 336 x 336), and its stage on
+#: that field's RL output with two tile sizes, each in a fresh process.
+NETWORK_RUNS = {
+    "network, each level whole (one slab per level, finest skip kept: the pass before slabs)": ("net", "whole"),
+    "network, levels in slabs (default)": ("net", "slabs"),
+    "refiner stage, 512^2 field, tiles of <= 4 M voxels": ("stage", 4_000_000),
+    "refiner stage, 512^2 field, tiles of <= 8 M voxels (default: one tile)": ("stage", 8_000_000),
+}
+
+
+def network_one(work, name):
+    """Run in a fresh process: one row of :data:`NETWORK_RUNS` (seconds, peak RSS above the start)."""
+    import torch
+
+    import restore3d as r3
+    from restore3d import RunContext
+    from restore3d.refiner import Refiner
+    from restore3d.refiner.model import fold_batchnorm
+    from restore3d.refiner.streaming import forward_by_slabs
+    kind, arg = NETWORK_RUNS[name]
+    if kind == "net":
+        model = fold_batchnorm(Refiner().network()[0]).to(memory_format=torch.channels_last_3d)
+        shape = (64, 336, 336)
+        x = torch.rand((1, 1) + shape, generator=torch.Generator().manual_seed(0))
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        huge = {} if arg == "slabs" else {"slab_values": 1 << 60, "least_width": 1 << 20, "keep_finest": True}
+        with torch.no_grad():
+            forward_by_slabs(model, x[:, :, :8, :32, :32], channels_last=True, **huge)  # oneDNN's first call
+            _reset_peak()
+            base = _peak_mb()
+            t0 = time.perf_counter()
+            forward_by_slabs(model, x, channels_last=True, **huge)
+        voxels = float(np.prod(shape))
+    else:
+        cache = Path(work) / "rl_512.npz"
+        if not cache.exists():
+            full = np.load(field(work), mmap_mode="r")
+            y0 = (full.shape[1] - 512) // 2
+            vol = np.ascontiguousarray(full[:, y0:y0 + 512, y0:y0 + 512]).astype(np.float32)
+            res = r3.classical_stages().run(vol, spacing=FIELD["spacing"], keep=("background",))
+            np.savez(cache, rl=np.asarray(res), bg=res.intermediates["background"], psf=res.psf)
+        d = np.load(cache)
+        ctx = RunContext(spacing=FIELD["spacing"], psf=d["psf"], background_free=d["bg"],
+                         history=["SubtractBackground", "EstimatePSF", "RichardsonLucy"])
+        stage = Refiner(max_voxels=arg)
+        stage.network()
+        rl = d["rl"]
+        _reset_peak()
+        base = _peak_mb()
+        t0 = time.perf_counter()
+        stage(rl, ctx)
+        voxels = float("nan")
+    dt = time.perf_counter() - t0
+    above = _peak_mb() - base
+    print(json.dumps({"run": name, "seconds": dt, "peak_above_start_mb": above,
+                      "bytes_per_voxel": above * 2 ** 20 / voxels}))
+
+
+def network_table(work):
+    rows = []
+    for name in NETWORK_RUNS:
+        r = subprocess.run([sys.executable, __file__, "network", "--run", name, "--work", work],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr[-2000:])
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=("all", "stages", "big", "seams", "render-seams", "memory",
-                                           "throughput"))
+                                           "throughput", "network"))
+    ap.add_argument("--run", default=None, help="network: one run (in a fresh process)")
     ap.add_argument("--size", type=int, default=None, help="stages: one size (run in a fresh process)")
     ap.add_argument("--budget", type=float, default=None, help="big: memory budget in GB")
     ap.add_argument("--shape", nargs=3, type=int, default=None)
@@ -319,6 +390,9 @@ def main():
         return
     if args.what == "stages" and args.size:
         stages_one(args.work, args.size, refiner=args.refiner or True)
+        return
+    if args.what == "network" and args.run:
+        network_one(args.work, args.run)
         return
     if args.what == "big" and args.shape:
         big_one(args.work, tuple(args.shape), args.budget, refiner=args.refiner or True)
@@ -343,6 +417,10 @@ def main():
             raise RuntimeError(r.stderr[-2000:])
         print("## The default pipeline on 71 x 1024 x 1024 uint8 (leica-like confocal)\n")
         print(r.stdout.strip().splitlines()[-1])
+    if args.what == "network":
+        print("## The refiner's network (float32, 2 threads) and its stage at 512^2\n")
+        print(table(network_table(args.work), ["run", "seconds", "peak_above_start_mb", "bytes_per_voxel"]))
+        return
     if args.what == "render-seams":
         rows = render_seams()
         print(table(rows, list(rows[0])))
