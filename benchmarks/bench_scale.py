@@ -305,8 +305,10 @@ BIG = dict(spacing=(0.1, 0.0443, 0.0443), bead_diameter=0.17, flux=60000.0,
 NETWORK_RUNS = {
     "network, each level whole (one slab per level, finest skip kept: the pass before slabs)": ("net", "whole"),
     "network, levels in slabs (default)": ("net", "slabs"),
-    "refiner stage, 512^2 field, tiles of <= 4 M voxels": ("stage", 4_000_000),
-    "refiner stage, 512^2 field, tiles of <= 8 M voxels (default: one tile)": ("stage", 8_000_000),
+    "refiner stage, 512^2 field, tiles of <= 4 M voxels": ("stage", (512, 4_000_000, False)),
+    "refiner stage, 512^2 field, tiles of <= 8 M voxels (default: one tile)": ("stage", (512, 8_000_000, False)),
+    "refiner stage frozen as in chunk-wise runs (no self-check, kernel fixed), 1024^2 field, 8 M tiles":
+        ("stage", (1024, 8_000_000, True)),
 }
 
 
@@ -333,20 +335,26 @@ def network_one(work, name):
             t0 = time.perf_counter()
             forward_by_slabs(model, x, channels_last=True, **huge)
         voxels = float(np.prod(shape))
+        estimate = float("nan")
     else:
-        cache = Path(work) / "rl_512.npz"
+        size, max_voxels, frozen = arg
+        cache = Path(work) / f"rl_{size}.npz"
         if not cache.exists():
             full = np.load(field(work), mmap_mode="r")
-            y0 = (full.shape[1] - 512) // 2
-            vol = np.ascontiguousarray(full[:, y0:y0 + 512, y0:y0 + 512]).astype(np.float32)
+            y0 = (full.shape[1] - size) // 2
+            vol = np.ascontiguousarray(full[:, y0:y0 + size, y0:y0 + size]).astype(np.float32)
             res = r3.classical_stages().run(vol, spacing=FIELD["spacing"], keep=("background",))
             np.savez(cache, rl=np.asarray(res), bg=res.intermediates["background"], psf=res.psf)
         d = np.load(cache)
         ctx = RunContext(spacing=FIELD["spacing"], psf=d["psf"], background_free=d["bg"],
                          history=["SubtractBackground", "EstimatePSF", "RichardsonLucy"])
-        stage = Refiner(max_voxels=arg)
-        stage.network()
+        stage = Refiner(max_voxels=max_voxels)
         rl = d["rl"]
+        if frozen:  # as chunk-wise runs use it: the values measured once on a central sample
+            c = [(n - m) // 2 for n, m in zip(rl.shape, (rl.shape[0], 256, 256))]
+            stage = stage.freeze(rl[:, c[1]:c[1] + 256, c[2]:c[2] + 256], ctx)
+        stage.network()
+        estimate = stage.memory_bytes(rl.shape, FIELD["spacing"], d["psf"]) / 2 ** 20
         _reset_peak()
         base = _peak_mb()
         t0 = time.perf_counter()
@@ -354,7 +362,7 @@ def network_one(work, name):
         voxels = float("nan")
     dt = time.perf_counter() - t0
     above = _peak_mb() - base
-    print(json.dumps({"run": name, "seconds": dt, "peak_above_start_mb": above,
+    print(json.dumps({"run": name, "seconds": dt, "peak_above_start_mb": above, "estimate_mb": estimate,
                       "bytes_per_voxel": above * 2 ** 20 / voxels}))
 
 
@@ -419,7 +427,8 @@ def main():
         print(r.stdout.strip().splitlines()[-1])
     if args.what == "network":
         print("## The refiner's network (float32, 2 threads) and its stage at 512^2\n")
-        print(table(network_table(args.work), ["run", "seconds", "peak_above_start_mb", "bytes_per_voxel"]))
+        print(table(network_table(args.work), ["run", "seconds", "peak_above_start_mb", "estimate_mb",
+                                               "bytes_per_voxel"]))
         return
     if args.what == "render-seams":
         rows = render_seams()
