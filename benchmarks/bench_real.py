@@ -128,7 +128,8 @@ def main():
     refiner = Refiner.pretrained(args.weights, **kw) if args.weights in SHIPPED else Refiner.load(args.weights, **kw)
     after = [("support", RemoveUnsupported())] if args.support or refiner.renders else []
     print(f"refiner: {args.weights}{' (kernel as trained)' if args.no_calibrate else ''}"
-          f"{'; then RemoveUnsupported' if after else ''}{'; simulations with their true PSF' if args.true_psf else ''}")
+          f"{'; then RemoveUnsupported' if after else ''}"
+          f"{'; simulations with their true PSF' if args.true_psf else ''}")
     rows, sim_rows = [], []
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
     for name, (rel, spacing) in REAL.items():

@@ -155,10 +155,9 @@ def _upsample_join(torch, low, skip, factor, memory_format=None):
     """``cat([nearest_upsample(low, factor), skip], dim=1)`` without the upsampled array.
 
     The joined array is allocated once, in ``memory_format`` (default
-    ``skip``'s), and the
-    upsampled channels are copied into it from a broadcast view of ``low``
-    (the same values as :class:`torch.nn.Upsample`'s nearest mode for
-    integer factors).
+    ``skip``'s), and the upsampled channels are copied into it from a
+    broadcast view of ``low`` (the same values as :class:`torch.nn.Upsample`'s
+    nearest mode for integer factors).
     """
     n, c_low = low.shape[:2]
     layout = memory_format if memory_format is not None else torch.channels_last_3d \

@@ -3,8 +3,8 @@
 A tile of the U-Net (:func:`restore3d.refiner.model.UNet3D`) evaluated in one
 call holds, at its finest level, the joined decoder input (upsampled and
 skip channels: three times the base channels), the block's output and the
-input: about 36 values per voxel (154 bytes per voxel in float32 for the
-shipped network). Every block is a few convolutions, so its output at a
+input: about 36 values per voxel (176 bytes per voxel in float32 for the
+shipped network, benchmarks/RESULTS.md section 5). Every block is a few convolutions, so its output at a
 voxel depends only on ``convs_per_level * (kernel_size // 2)`` voxels of its
 input on each side. Here each block runs on slabs along x with that much
 context (rounded out to the coarser level's grid where upsampled values are
@@ -12,9 +12,9 @@ joined) and writes its slab into the level's output. The finest level's
 skip is not kept: only its pooled copy is, and each decoder slab computes
 its columns again from the input; that slab goes on through the head, the
 residual and the ReLU to the single output channel. What is held whole is
-the input, the output and the coarser levels' arrays: 58 bytes per voxel
-(64 x 336 x 336 in float32), for about 1/8 more convolution work (the
-slabs' context and the finest block run twice). The values are those of the
+the input, the output and the coarser levels' arrays: 59 bytes per voxel
+(64 x 336 x 336 in float32), for 7-11 % more time (the slabs' context and
+the finest block are computed twice). The values are those of the
 whole pass, to the bit.
 
 Slabs run along x because PyTorch's CPU convolution takes its slow path
@@ -27,8 +27,8 @@ __all__ = ["forward_by_slabs", "slab_bounds"]
 
 #: Values (voxels x channels) of a block's widest array in one slab: 16 MB in float32.
 SLAB_VALUES = 4_000_000
-#: A slab is at least this many times its context wide (the context's convolutions, done twice, cost
-#: at most 1/8 more; narrower slabs ran up to 1.6x slower on 2 cores).
+#: A slab is at least this many times its context wide (the context is computed twice: at most 1/4
+#: more work; narrower slabs ran markedly slower on 2 cores).
 LEAST_WIDTH = 8
 
 
@@ -95,7 +95,8 @@ def forward_by_slabs(model, x, *, slab_values: int = SLAB_VALUES, least_width: i
         Hold the finest level's skip (the base channels at full resolution)
         for the decoder; default: keep only its pooled copy and compute it
         again slab by slab where the decoder joins it (its first block runs
-        twice; the largest array held whole is then the input).
+        twice; only the input and the output are held whole at full
+        resolution).
 
     Returns
     -------
