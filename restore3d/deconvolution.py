@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 BOUNDARIES = ("extend", "zero", "periodic")
 ACCELERATIONS = ("biggs", "none")
+#: Grids of at least this many bytes (float32) get their ratio array made afresh each iteration and freed
+#: during the back projection (one grid array fewer at the peak; the zero frame is rewritten each time,
+#: which costs small grids a noticeable share of an iteration and large ones little).
+TRANSIENT_RATIO_BYTES = 32 * 2 ** 20
 
 
 @dataclasses.dataclass
@@ -243,8 +247,7 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         start = time.perf_counter()
         bar = _progress(iterations, progress, "Richardson-Lucy")
         for k in range(int(iterations)):
-            ratio = loop.ratio(est, info)
-            x_new = loop.update(est, ratio, acc)
+            x_new = loop.update(est, [loop.ratio(est, info)], acc)
             if acc is None:
                 est = last = x_new
             else:
@@ -307,17 +310,24 @@ class _Loop:
         self.spacing_ratio = (np.asarray(spacing) / min(spacing)).tolist() if spacing is not None else [1.0] * 3
         # floor of the model: FFT round-off can make it 0 or slightly negative
         self.eps = 1e-6 * max(float(vol.max()), 1e-12)
-        self.ratio_buf = torch.zeros(model.grid, dtype=torch.float32, device=dev)
-        self.fused_ratio = (_fused.available(self.ratio_buf, self.y) and self.y.is_contiguous() and not watch
+        # the ratio's grid: kept between iterations (its zero frame written once) for small grids; for large
+        # ones made afresh each iteration and freed by the back projection once transformed, so the
+        # inverse transforms run beside one grid array fewer (benchmarks/RESULTS.md section 5)
+        self.ratio_buf = None
+        if 4.0 * float(np.prod(model.grid)) < TRANSIENT_RATIO_BYTES:
+            self.ratio_buf = torch.zeros(model.grid, dtype=torch.float32, device=dev)
+        self.fused_ratio = (_fused.available(self.inv_w, self.y) and self.y.is_contiguous() and not watch
                             and (isinstance(b, float) or b.is_contiguous()))
-        self.fused_update = _fused.available(self.ratio_buf, self.inv_w) and tv == 0 and self.rescale is None
+        self.fused_update = _fused.available(self.inv_w) and tv == 0 and self.rescale is None
         self._fused = _fused
 
     def ratio(self, est, info):
         """``y / max(crop_D(h * est) + b, eps)`` on D, zero outside (recording the I-divergence if watched)."""
         import torch
         mu_d = self.model.forward_d(est)
-        ratio_d = self.ratio_buf[self.model.d_slice]
+        buf = self.ratio_buf if self.ratio_buf is not None else torch.zeros(
+            self.model.grid, dtype=torch.float32, device=self.y.device)
+        ratio_d = buf[self.model.d_slice]
         if self.fused_ratio:
             self._fused.ratio(self.y, mu_d, self.b, self.eps, ratio_d)  # in one pass
         else:
@@ -327,10 +337,13 @@ class _Loop:
             if self.watch:
                 info.i_divergence.append(i_divergence_of(self.y, mu_d))
             torch.div(self.y, mu_d, out=ratio_d)
-        return self.ratio_buf
+        return buf
 
     def update(self, est, ratio, acc):
-        """The multiplicative RL update ``est / H^T 1_D * H^T ratio`` (+ TV, flux rescaling)."""
+        """The multiplicative RL update ``est / H^T 1_D * H^T ratio`` (+ TV, flux rescaling).
+
+        ``ratio``: a one-element list holding the ratio's grid (emptied by the back projection).
+        """
         import torch
         x_new = self.model.back(ratio)
         if acc is not None and self.fused_update and acc.correlate:

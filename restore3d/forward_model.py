@@ -167,10 +167,15 @@ class ForwardModel:
         A fresh tensor (faster than ``out=``, which copies). The inverse runs
         as :func:`irfftn3` does, one axis at a time, each spectrum freed as
         the next is made: at most two grid-sized spectra live at once.
+        ``x`` may be a one-element list holding the tensor: it is emptied,
+        and the tensor freed once transformed unless held elsewhere.
         """
         from . import _fused
         torch = self.torch
+        if isinstance(x, list):
+            x = x.pop()
         s = torch.fft.rfftn(x)
+        del x
         if conj:
             _fused.mul_conj(s, otf)
         else:
