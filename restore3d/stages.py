@@ -208,10 +208,11 @@ class RichardsonLucy(Stage):
     default_name = "rl"
 
     def memory_bytes(self, shape, spacing, psf=None):
-        # 7.6 float32 arrays on the padded FFT grid measured at the peak (34 x 512 x 512, PSF 17^3): the
-        # estimate, its last value and last change, the weights, the ratio (its data window), the OTF and
-        # two spectra in flight (benchmarks/RESULTS.md, section 5); 9 counted
-        return 9 * 4.0 * _fft_grid_voxels(shape, psf)
+        # 6.7 float32 arrays on the padded FFT grid measured at the peak (34 x 512 x 512): the estimate,
+        # its last value and last change, the weights, the OTF and two spectra in flight, the data and
+        # ratio windows (the ratio's grid is freed in the back projection on grids of 32 MB and more:
+        # 7.6 on smaller ones; benchmarks/RESULTS.md, section 5); 8 counted
+        return 8 * 4.0 * _fft_grid_voxels(shape, psf)
 
     def __init__(self, iterations: int = _RL["iterations"], *, acceleration: str = _RL["acceleration"],
                  boundary: str = _RL["boundary"], tv: float = _RL["tv"],
