@@ -203,13 +203,18 @@ def UNet3D(config: UNetConfig):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
+        def _channels_last(self) -> bool:
+            """Whether the weights are channels-last (the slabs then are too), read off a many-channel conv."""
+            conv = next(m for m in self.modules() if isinstance(m, nn.Conv3d) and m.in_channels > 1)
+            w = conv.weight
+            return w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous()
+
         def forward(self, x):
             if not torch.is_grad_enabled():
                 # inference: each level's blocks in slabs, the finest level never held whole
                 # (restore3d.refiner.streaming; benchmarks/RESULTS.md section 5)
                 from .streaming import forward_by_slabs
-                return forward_by_slabs(self, x, channels_last=x.device.type == "cpu" and
-                                        x.is_contiguous(memory_format=torch.channels_last_3d))
+                return forward_by_slabs(self, x, channels_last=self._channels_last())
             skips = []
             h = x
             for block, pool in zip(self.down, self.pools):
