@@ -50,6 +50,10 @@ def main():
     ap.add_argument("--weight", type=float, default=100.0)
     ap.add_argument("--tau", type=float, default=0.01)
     ap.add_argument("--dilate", type=int, default=0, help="grow the weighted bead voxels by this many voxels")
+    ap.add_argument("--false-weight", type=float, default=1.0,
+                    help="weight of voxels the prediction lights where the target has none (1: the original loss)")
+    ap.add_argument("--false-reach", type=int, default=None,
+                    help="apply --false-weight only within this many voxels of a target bead voxel")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="auto")
@@ -66,8 +70,11 @@ def main():
                     help="also write the last step's weights as OUT_last.pt / .json (OUT.pt is the best validation)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    params = ({"weight": args.weight, "tau": args.tau, "dilate": args.dilate}
-              if args.loss in ("imbalanced", "combined") else {})
+    params = {}
+    if args.loss in ("imbalanced", "combined"):
+        params = {"weight": args.weight, "tau": args.tau, "dilate": args.dilate, "false_weight": args.false_weight}
+        if args.false_reach is not None:
+            params["false_reach"] = args.false_reach
     cfg = TrainConfig(steps=args.steps, pool=args.pool, loss=args.loss, loss_params=params, seed=args.seed, lr=args.lr,
                       epoch_steps=100, patience=args.patience, validation=args.validation, precision=args.precision,
                       time_limit=None if args.minutes is None else 60 * args.minutes)

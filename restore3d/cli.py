@@ -263,10 +263,10 @@ def _train_config(args, config_type):
     given["seed"] = args.seed
     loss = given.get("loss", base.loss)
     params = dict(base.loss_params) if loss in ("imbalanced", "combined") else {}
-    for k in ("weight", "tau", "dilate"):
+    for k in ("weight", "tau", "dilate", "false_weight", "false_reach"):
         if getattr(args, k) is not None:
             if loss not in ("imbalanced", "combined"):
-                raise UserError(f"--{k} applies to the imbalanced and combined losses, not {loss!r}")
+                raise UserError(f"--{k.replace('_', '-')} applies to the imbalanced and combined losses, not {loss!r}")
             params[k] = getattr(args, k)
     if args.minutes is not None:
         given["time_limit"] = 60.0 * args.minutes
@@ -444,6 +444,10 @@ def _add_train(sub, optics):
     p.add_argument("--weight", type=float, default=None, help="imbalanced loss weight M")
     p.add_argument("--tau", type=float, default=None, help="imbalanced loss threshold (fraction of the maximum)")
     p.add_argument("--dilate", type=int, default=None, help="imbalanced loss: grow the weighted bead voxels by N voxels")
+    p.add_argument("--false-weight", type=float, default=None,
+                   help="imbalanced loss: weight of voxels lit where the target has no bead (1: not weighted)")
+    p.add_argument("--false-reach", type=int, default=None,
+                   help="imbalanced loss: --false-weight only within N voxels of a bead voxel")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--raw", action="store_true", help="train on raw volumes (no classical stages)")
     p.add_argument("--init", default=None, help="checkpoint to start from")

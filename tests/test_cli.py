@@ -199,3 +199,16 @@ def test_run_with_the_rendering_weights_and_bad_refiner(sim_files, tmp_path):
     r = cli("run", d / "stack.tif", tmp_path / "o2.tif", "--refiner", "nonsense", "--quiet")
     assert r.returncode == 2 and "--refiner nonsense: neither shipped weights" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_train_options_set_the_loss_and_are_refused_where_they_do_not_apply():
+    """train's --false-weight / --false-reach reach the imbalanced loss; with --loss l1 they are one clear error."""
+    from restore3d.cli import UserError, _train_config, build_parser
+    from restore3d.refiner.training.train import TrainConfig
+    args = build_parser().parse_args(["train", "out", "--false-weight", "20", "--false-reach", "4", "--weight", "20"])
+    cfg = _train_config(args, TrainConfig)
+    assert cfg.loss == "imbalanced"
+    assert (cfg.loss_params["false_weight"], cfg.loss_params["false_reach"], cfg.loss_params["weight"]) == (20, 4, 20)
+    args = build_parser().parse_args(["train", "out", "--loss", "l1", "--false-weight", "20"])
+    with pytest.raises(UserError, match="--false-weight applies to the imbalanced and combined losses"):
+        _train_config(args, TrainConfig)

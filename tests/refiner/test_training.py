@@ -52,6 +52,34 @@ def test_given_psf_probability_gives_the_stages_the_simulated_psf():
         SimulationRanges(given_psf_probability=-0.1)
 
 
+def test_a_volume_the_stages_refuse_is_drawn_again(monkeypatch):
+    """A simulation the stages run on with neither an estimated nor its own PSF (an aberrated PSF split in two
+    lobes is refused as a given PSF) is replaced by a draw from a far seed; the others keep their seeds."""
+    from restore3d.pipeline import Pipeline
+    from restore3d.refiner.training import data
+    from restore3d.stages import SubtractBackground
+    ranges = data.SimulationRanges(shape=(16, 48, 48), density=(0.03, 0.05), flux=(20000, 40000))
+
+    class Refusing(Pipeline):
+        def run(self, volume, **kw):
+            raise ValueError("psf holds 2 separate bright spots")
+
+    with pytest.raises(data.UnusableSimulation, match="seed 4: the stages took neither"):
+        data.make_pair(ranges, Refusing([SubtractBackground()]), Normalizer(offset="median"), 4)
+    real = data.make_pair
+    seeds = []
+
+    def flaky(ranges, prefix, normalizer, seed, *args):
+        seeds.append(seed)
+        if seed == 1:
+            raise data.UnusableSimulation("seed 1: refused")
+        return real(ranges, prefix, normalizer, seed, *args)
+
+    monkeypatch.setattr(data, "make_pair", flaky)
+    pairs = data.make_pairs(3, ranges, Pipeline([]), Normalizer(offset="median"), seed=0)
+    assert len(pairs) == 3 and seeds == [0, 1, 1 + 2 ** 40, 2]
+
+
 def test_training_reduces_loss_and_output_not_constant(tmp_path, tiny_pairs):
     """A few steps on a tiny model lower the validation loss and do not collapse to a constant output."""
     from restore3d.pipeline import Pipeline

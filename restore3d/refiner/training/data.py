@@ -279,7 +279,11 @@ def make_pair(ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer
             except ValueError:
                 pass  # too few isolated beads to estimate a PSF: give the stages the true one
         if res is None:
-            res = prefix.run(sim.raw, spacing=sim.spacing, psf=crop_psf(sim.psf, sim.raw.shape), seed=seed)
+            try:
+                res = prefix.run(sim.raw, spacing=sim.spacing, psf=crop_psf(sim.psf, sim.raw.shape), seed=seed)
+            except ValueError as exc:  # e.g. an aberrated PSF split into two lobes, refused as a given PSF
+                raise UnusableSimulation(f"seed {seed}: the stages took neither an estimated nor the true "
+                                         f"PSF ({exc})") from exc
         psf = res.psf if res.psf is not None else sim.psf
         inp = apply_input_transform(np.asarray(res), sim.spacing, input_transform, psf)
     else:
@@ -310,6 +314,10 @@ def make_pair(ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer
                 truth=truth, sigma=sigma, loss_scale=typical_peak(target) or 1.0)
 
 
+class UnusableSimulation(ValueError):
+    """A simulated volume the preceding stages cannot run on (:func:`make_pairs` draws another)."""
+
+
 def _box_share(psf: np.ndarray, shape) -> float:
     """Share of a unit-sum PSF's light inside a centred box of ``shape``."""
     sl = tuple(slice(max(0, n // 2 - m // 2), n // 2 + m // 2 + 1) for n, m in zip(psf.shape, shape))
@@ -320,10 +328,29 @@ def make_pairs(n: int, ranges: SimulationRanges, prefix: Pipeline, normalizer: N
                seed: int, progress: bool = False, desc: str = "simulating",
                input_transform: str | None = None, output_transform: str | None = None,
                grid: dict | None = None) -> list[Pair]:
-    """``n`` pairs from the seeds ``seed, seed + 1, ...``."""
+    """``n`` pairs from the seeds ``seed, seed + 1, ...``.
+
+    A seed whose volume the stages cannot run on (:class:`UnusableSimulation`)
+    is replaced by ``seed + i + k * 2**40`` (k = 1, 2, ...: far from every
+    other seed), so each pair still depends on its own seed alone.
+    """
     from tqdm.auto import tqdm
-    return [make_pair(ranges, prefix, normalizer, seed + i, input_transform, output_transform, grid)
-            for i in tqdm(range(n), desc=desc, disable=not progress, leave=False)]
+    pairs = []
+    for i in tqdm(range(n), desc=desc, disable=not progress, leave=False):
+        for k in range(_REDRAWS + 1):
+            try:
+                pairs.append(make_pair(ranges, prefix, normalizer, seed + i + k * 2 ** 40, input_transform,
+                                       output_transform, grid))
+                break
+            except UnusableSimulation as exc:
+                if k == _REDRAWS:
+                    raise
+                log.info("%s; drawing another volume", exc)
+    return pairs
+
+
+#: Volumes drawn in place of an unusable one before giving up.
+_REDRAWS = 5
 
 
 def random_patch(pair: Pair, patch: tuple, rng: np.random.Generator):

@@ -53,7 +53,9 @@ class TrainConfig:
     loss : str
         ``"imbalanced"``, ``"l1"``, ``"mse"`` or ``"combined"``.
     loss_params : dict
-        E.g. ``{"weight": 100, "tau": 0.01}`` (the default; also ``dilate``).
+        E.g. ``{"weight": 100, "tau": 0.01}`` (the default; also ``dilate``,
+        ``false_weight`` and ``false_reach``:
+        :func:`restore3d.refiner.training.losses.imbalanced_loss`).
     seed : int
     time_limit : float or None
         Stop after this many seconds of training (pool generation excluded).
