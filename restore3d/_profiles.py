@@ -49,16 +49,32 @@ def profile_fwhm(profile: np.ndarray, index: int | None = None) -> float:
     undersampled ones where only the peak sample is above half maximum.
     Falls back to linear interpolation where a sample is not positive.
 
+    A lopsided peak (one neighbour close to the peak, the other close to
+    zero, e.g. a bead lighting one plane and barely the next), whose
+    log-parabola puts the maximum over twice its highest sample and whose
+    crossings would then fall on the wrong sides, is measured at half its
+    highest sample instead.
+
     Returns NaN when the profile does not fall below half maximum on both
-    sides (the peak is wider than the profile) or has no positive peak.
+    sides (the peak is wider than the profile), has no positive peak or
+    gives no positive width.
     """
     p = np.asarray(profile, dtype=np.float64)
-    n = p.size
     i0 = int(np.argmax(p)) if index is None else int(index)
     _, height = profile_peak(p, i0)
     if not np.isfinite(height) or height <= 0:
         return float("nan")
-    half = 0.5 * height
+    width = _width_at(p, i0, 0.5 * height)
+    if not width > 0 and 0.5 * height > p[i0] > 0:
+        # a lopsided peak (one neighbour near the peak, the other near zero): the log-parabola's height, over
+        # twice the peak sample, is not a Gaussian's; measure at half the peak sample instead
+        width = _width_at(p, i0, 0.5 * p[i0])
+    return float(width) if width > 0 else float("nan")
+
+
+def _width_at(p, i0, half):
+    """Distance between the crossings of ``half`` on either side of sample ``i0`` (NaN if one is missing)."""
+    n = p.size
 
     def crossing(step):
         j = i0 + step
@@ -84,4 +100,4 @@ def profile_fwhm(profile: np.ndarray, index: int | None = None) -> float:
     left = crossing(-1)
     if right is None or left is None:
         return float("nan")
-    return float(right - left)
+    return right - left

@@ -99,3 +99,21 @@ def test_spurious_spots_counts_spots_away_from_beads(scene):
     out = target.copy()
     out[2, 2, 50] = out[23, 94, 94] = target.max()  # over 1.2 um from every bead
     assert metrics.spurious_spots(out, SP, truth) == 2
+
+
+def test_profile_fwhm_is_exact_on_gaussians_and_positive_on_lopsided_peaks():
+    """Sampled Gaussians (under-sampled too) measure their FWHM exactly; a peak lighting one sample and barely one
+    neighbour (the log-parabola puts its top over twice the sample) gets a width between the samples above half
+    its peak, never a negative one (it gave -0.41 samples here, turning a bead's elongation negative)."""
+    from restore3d._profiles import profile_fwhm
+    for centre in (0.0, 0.2, 0.3):
+        for fwhm in (0.8, 1.0, 2.5):
+            x = np.arange(11) - 5 - centre
+            assert profile_fwhm(np.exp(-4 * np.log(2) * (x / fwhm) ** 2)) == pytest.approx(fwhm, rel=1e-6)
+    lopsided = np.array([0.0, 0.0959, 0.7976, 1.0, 0.0001, 0.0, 0.0])
+    assert 1.0 < profile_fwhm(lopsided, 3) < 2.0
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        a, c = rng.uniform(-0.05, 1, 2)
+        prof = np.array([0.0, a * rng.uniform(0, 0.3), a, 1.0, c, c * rng.uniform(0, 0.3), 0.0])
+        assert profile_fwhm(prof, 3) > 0
