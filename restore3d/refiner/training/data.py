@@ -324,6 +324,10 @@ def _box_share(psf: np.ndarray, shape) -> float:
     return float(psf[sl].sum(dtype=np.float64) / psf.sum(dtype=np.float64))
 
 
+#: Volumes drawn in place of an unusable one before giving up.
+_REDRAWS = 5
+
+
 def make_pairs(n: int, ranges: SimulationRanges, prefix: Pipeline, normalizer: Normalizer, *,
                seed: int, progress: bool = False, desc: str = "simulating",
                input_transform: str | None = None, output_transform: str | None = None,
@@ -347,10 +351,6 @@ def make_pairs(n: int, ranges: SimulationRanges, prefix: Pipeline, normalizer: N
                     raise
                 log.info("%s; drawing another volume", exc)
     return pairs
-
-
-#: Volumes drawn in place of an unusable one before giving up.
-_REDRAWS = 5
 
 
 def random_patch(pair: Pair, patch: tuple, rng: np.random.Generator):
