@@ -103,7 +103,7 @@ def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: 
     prediction. The tiles are ``tile_shape`` (0 = the whole axis) or, when
     None, the fewest voxels in all with at most ``max_voxels`` per tile
     (:func:`restore3d.refiner.tiling.plan_tile_shape`); the network's memory
-    grows with the tile (about 59 bytes per voxel for the default one in float32). ``stats`` = ``(offset,
+    grows with the tile (about 44 bytes per voxel for the default one in float32). ``stats`` = ``(offset,
     scale)`` fixes the normalisation (chunks of a large volume).
     ``precision`` ("fp32", "bf16" or "auto") sets the autocast precision.
 

@@ -46,7 +46,7 @@ class Refiner(Stage):
         default the even split that keeps every tile under ``max_voxels``.
     max_voxels : int
         Larger volumes (on the network's grid) are processed in overlapping
-        tiles of at most this many voxels: the memory bound (about 59 bytes
+        tiles of at most this many voxels: the memory bound (about 44 bytes
         per voxel of a tile for the default network in float32, each level
         run in slabs, :mod:`restore3d.refiner.streaming`). A 34 x 512 x 512
         field's working grid (7.2 million voxels) runs as one tile.
@@ -159,9 +159,12 @@ class Refiner(Stage):
         return self.network()[1]
 
     #: Memory of the network per voxel of a tile and per base channel (bytes, batch norms folded, each
-    #: level in slabs): the shipped network (8 base channels, depth 3) measured 58-59 per voxel in float32 on a
-    #: 64 x 336 x 336 tile (benchmarks/RESULTS.md, section 5); bfloat16 holds its activations in half the
-    #: bytes and is counted as float32 (not measured: the machine measured on computes no bfloat16).
+    #: level in slabs, decoder outputs written over their skips): the shipped network (8 base channels,
+    #: depth 3) measured 43 per voxel in float32 on a 64 x 336 x 336 tile (benchmarks/RESULTS.md, section 5),
+    #: counted as 58 (as measured before the decoder outputs went over their skips): with 44 the budget let a
+    #: 71 x 1024 x 1024 field's refiner run whole and peak at 3.3 GB under a 3 GB budget. bfloat16 holds its
+    #: activations in half the bytes and is counted as float32 (not measured: the machines measured on
+    #: computed no bfloat16 at the time).
     network_bytes_per_channel: dict = {"bf16": 7.25, "fp32": 7.25}
 
     def memory_bytes(self, shape, spacing, psf=None) -> float:

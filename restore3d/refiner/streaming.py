@@ -11,11 +11,14 @@ context (rounded out to the coarser level's grid where upsampled values are
 joined) and writes its slab into the level's output. The finest level's
 skip is not kept: only its pooled copy is, and each decoder slab computes
 its columns again from the input; that slab goes on through the head, the
-residual and the ReLU to the single output channel. What is held whole is
-the input, the output and the coarser levels' arrays: 59 bytes per voxel
-(64 x 336 x 336 in float32), for 7-11 % more time (the slabs' context and
-the finest block are computed twice). The values are those of the
-whole pass, to the bit.
+residual and the ReLU to the single output channel. A coarser decoder
+level's output has its skip's shape: it is written over the skip, each slab
+once the next has read its context, so the two are never held side by side.
+What is held whole is the input, the output and the coarser levels' arrays:
+43 bytes per voxel (64 x 336 x 336 in float32; 46 with each decoder output
+beside its skip, 176 for the whole pass), for 7-11 % more time than the
+whole pass (the slabs' context and the finest block are computed twice).
+The values are those of the whole pass, to the bit.
 
 Slabs run along x because PyTorch's CPU convolution takes its slow path
 (no oneDNN) when batch x channels x z x y of the input is small, which thin
@@ -66,6 +69,32 @@ def _by_slabs(torch, compute, n, rows, halo, align, fmt, shrink=1):
         out[..., a // shrink: b // shrink].copy_(part)
         del part
     return out
+
+
+def _by_slabs_into(compute, dest, rows, halo, align):
+    """``compute(lo, hi)`` per slab along x, the kept columns written into ``dest``, the array it reads, one slab late.
+
+    Slab ``k`` reads ``dest`` at most ``halo`` columns (rounded out to
+    ``align``) left of its own; its output is written once slab ``k + 1``
+    has computed (and so read what it needs), which is safe while a slab is
+    at least that reach wide: no slab reads a column already overwritten.
+    The caller checks that width (:func:`_fits_in_place`).
+    """
+    pending = None
+    for a, b, lo, hi in slab_bounds(dest.shape[4], rows, halo, align):
+        part = compute(lo, hi)[..., a - lo: b - lo]
+        if pending is not None:
+            dest[..., pending[0]:pending[1]].copy_(pending[2])
+        pending = (a, b, part)
+        del part
+    dest[..., pending[0]:pending[1]].copy_(pending[2])
+    return dest
+
+
+def _fits_in_place(rows, halo, align):
+    """Whether slabs of ``rows`` columns (rounded as :func:`slab_bounds` does) can write back into their source."""
+    width = max(align, int(rows) // align * align)
+    return width >= -(-halo // align) * align
 
 
 def _columns(shape, channels, slab_values, least=1):
@@ -156,6 +185,11 @@ def forward_by_slabs(model, x, *, slab_values: int = SLAB_VALUES, least_width: i
                 return torch.relu(y)
 
             shape = x.shape if skip is None else skip.shape
-            h = _by_slabs(torch, compute, shape[4], columns(shape, ch[i + 1] + 2 * ch[i]), halo, px, fmt)
+            rows = columns(shape, ch[i + 1] + 2 * ch[i])
+            if i and _fits_in_place(rows, halo, px):  # (the finest level ends in the one-channel head)
+                # the level's output has the skip's shape: written over it, slab by slab, once no slab needs it
+                h = _by_slabs_into(compute, skip, rows, halo, px)
+            else:
+                h = _by_slabs(torch, compute, shape[4], rows, halo, px, fmt)
             del low, skip
         return h

@@ -112,3 +112,28 @@ def test_slab_bounds_cover_each_column_once_with_context():
             assert lo % align == 0 and (hi % align == 0 or hi == n)
     with pytest.raises(ValueError, match="halo >= 0"):
         slab_bounds(8, 2, -1)
+
+
+def test_slabs_written_over_their_source_equal_a_separate_output():
+    """A block whose output has its input's shape may be written over it, one slab late, at any slab width
+    down to its reach; narrower slabs are refused (they would read columns already overwritten)."""
+    from restore3d.refiner.streaming import _by_slabs_into, _fits_in_place, slab_bounds
+    src = torch.rand(1, 2, 3, 4, 30, generator=torch.Generator().manual_seed(1))
+    halo, align = 3, 2
+
+    def block(t):  # each column from its neighbours up to `halo` away (zero outside), like a convolution
+        pad = torch.nn.functional.pad(t, (halo, halo))
+        return sum(pad[..., k: k + t.shape[4]] * (k + 1) for k in range(2 * halo + 1))
+
+    expected = block(src)
+    for rows in range(1, 31):
+        dest = src.clone()
+        if not _fits_in_place(rows, halo, align):
+            assert rows < 4  # the reach: 3 columns rounded out to the pairs the slabs start on
+            continue
+
+        def compute(lo, hi, dest=dest):  # zero padding at the slab's ends: valid `halo` inside them
+            return block(dest[..., lo:hi])
+
+        got = _by_slabs_into(compute, dest, rows, halo, align)
+        assert got is dest and torch.allclose(got, expected, atol=1e-5), rows
