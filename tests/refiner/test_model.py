@@ -117,7 +117,7 @@ def test_slab_bounds_cover_each_column_once_with_context():
 def test_slabs_written_over_their_source_equal_a_separate_output():
     """A block whose output has its input's shape may be written over it, one slab late, at any slab width
     down to its reach; narrower slabs are refused (they would read columns already overwritten)."""
-    from restore3d.refiner.streaming import _by_slabs_into, _fits_in_place, slab_bounds
+    from restore3d.refiner.streaming import _by_slabs_into, _fits_in_place
     src = torch.rand(1, 2, 3, 4, 30, generator=torch.Generator().manual_seed(1))
     halo, align = 3, 2
 
@@ -137,3 +137,6 @@ def test_slabs_written_over_their_source_equal_a_separate_output():
 
         got = _by_slabs_into(compute, dest, rows, halo, align)
         assert got is dest and torch.allclose(got, expected, atol=1e-5), rows
+    unsafe = src.clone()  # what the refusal prevents: slabs narrower than the reach read overwritten columns
+    got = _by_slabs_into(lambda lo, hi: block(unsafe[..., lo:hi]), unsafe, 2, halo, align)
+    assert not torch.allclose(got, expected, atol=1e-5)
