@@ -83,6 +83,9 @@ def _by_slabs_into(compute, dest, rows, halo, align):
     pending = None
     for a, b, lo, hi in slab_bounds(dest.shape[4], rows, halo, align):
         part = compute(lo, hi)[..., a - lo: b - lo]
+        if part.shape[:4] != dest.shape[:4] or part.dtype != dest.dtype:  # copy_ would broadcast or cast silently
+            raise ValueError(f"a block's output {tuple(part.shape[:4])} {part.dtype} cannot be written over its "
+                             f"source {tuple(dest.shape[:4])} {dest.dtype}; hold it in its own array")
         if pending is not None:
             dest[..., pending[0]:pending[1]].copy_(pending[2])
         pending = (a, b, part)

@@ -140,3 +140,5 @@ def test_slabs_written_over_their_source_equal_a_separate_output():
     unsafe = src.clone()  # what the refusal prevents: slabs narrower than the reach read overwritten columns
     got = _by_slabs_into(lambda lo, hi: block(unsafe[..., lo:hi]), unsafe, 2, halo, align)
     assert not torch.allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot be written over its source"):
+        _by_slabs_into(lambda lo, hi: src[:, :1, :, :, lo:hi], src.clone(), 8, halo, align)
