@@ -28,6 +28,7 @@ import numpy as np
 from ._checks import as_psf, as_volume
 from ._fused import kernels as fused_kernels
 from ._fused import kernels_available
+from ._slab_fft import PaddedGrid
 from .forward_model import (BACKPROJECTORS, ForwardModel, as_background, i_divergence_of, torch_device,
                             torch_threads)
 
@@ -38,10 +39,6 @@ log = logging.getLogger(__name__)
 
 BOUNDARIES = ("extend", "zero", "periodic")
 ACCELERATIONS = ("biggs", "none")
-#: Grids of at least this many bytes (float32) get their ratio array made afresh each iteration and freed
-#: during the back projection (one grid array fewer at the peak, for one zero fill of the grid per
-#: iteration: RL at 512^2 6.4 s, 6.6 s before, within run-to-run spread). Smaller grids keep one buffer.
-TRANSIENT_RATIO_BYTES = 32 * 2 ** 20
 
 
 @dataclasses.dataclass
@@ -239,7 +236,7 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
                              backprojector=backprojector)
         loop = _Loop(model, vol, as_background(background, vol.shape, dev), boundary=boundary,
                      backprojector=backprojector, tv=tv, spacing=spacing, watch=stop_tol is not None or monitor)
-        x = _initial(init, vol, loop.b, model, loop.inv_w, dev)
+        x = _initial(init, vol, loop.b, model, loop.layout, loop.inv_w, dev)
         info.init_level = float(x.max())
         info.fused = loop.fused_update
         acc = _Biggs(x, loop.fused_update, alphas) if acceleration == "biggs" else None
@@ -247,15 +244,16 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
         start = time.perf_counter()
         bar = _progress(iterations, progress, "Richardson-Lucy")
         for k in range(int(iterations)):
-            x_new = loop.update(est, [loop.ratio(est, info)], acc)
+            x_new = loop.update(est, loop.back_ratio(est, info), acc)
             if acc is None:
-                est = last = x_new
+                loop.spare, est, last = est, x_new, x_new
             else:
-                info.alphas.append(acc.extrapolate(k, x_new, est))
+                alpha, loop.spare = acc.extrapolate(k, x_new, est)
+                info.alphas.append(alpha)
                 last = x_new
             info.iterations = k + 1
             if callback is not None:
-                callback(k + 1, last[model.d_slice].cpu().numpy())
+                callback(k + 1, loop.layout.real(last)[model.d_slice].cpu().numpy())
             bar.update(1)
             if stop_tol is not None and len(info.i_divergence) >= 2:
                 prev, cur = info.i_divergence[-2], info.i_divergence[-1]
@@ -263,25 +261,31 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
                     info.converged = True
                     break
         bar.close()
-        final = last if last is not None else x
-        out = final[model.d_slice].clamp(min=0).cpu().numpy().astype(np.float32)
+        final = loop.layout.real(last if last is not None else x)[model.d_slice]
+        # the other grids go before the output is made: it is not the run's peak
+        x = est = x_new = last = acc = loop = model = None
+        out = final.clamp(min=0).cpu().numpy()
         info.seconds = time.perf_counter() - start
     log.debug("RL: %d iterations in %.2f s (fused kernels: %s)", info.iterations, info.seconds, info.fused)
     return (out, info) if return_info else out
 
 
 class _Loop:
-    """The data, the normalisation and the two element-wise steps of one RL run.
+    """The data, the normalisation and the steps of one RL run, on grids in the padded layout.
 
-    The data y and the background b live on D only, and so does the ratio
-    y / mu (zero outside D): the model is computed on D alone (a pruned
-    inverse FFT), and clamping and dividing on D alone halves those passes.
-    The ratio's buffer is preallocated with its zero frame; the FFTs return
-    fresh tensors (faster than writing through ``out=``, which copies). On
-    the CPU with the matched model and no TV term, the compiled kernels of
-    :mod:`restore3d._fused` do each element-wise step in one pass (the
-    I-divergence monitor needs the clamped model, so it keeps the PyTorch
-    ratio).
+    Every grid of the run (estimate, normalisation, Biggs buffers) is held
+    in the layout of :class:`restore3d._slab_fft.PaddedGrid`, and both
+    projections of an iteration run in place in one working buffer, slab by
+    slab: the forward projection ``crop_D(h * est)`` reaches the ratio
+    ``y / mu`` a slab of planes at a time (only the data domain D's planes
+    and rows are transformed back), the ratio is written into the buffer
+    with its zero frame, and the back projection turns it into ``H^T``
+    (ratio) on the object's support. So an iteration holds one grid beside
+    the estimate and the normalisation, not the three of whole-grid
+    transforms. On the CPU with the matched model and no TV term, the
+    compiled kernels of :mod:`restore3d._fused` do each element-wise step in
+    one pass (the I-divergence monitor needs the clamped model, so it keeps
+    the PyTorch ratio).
     """
 
     def __init__(self, model, vol, b, *, boundary, backprojector, tv, spacing, watch):
@@ -291,61 +295,77 @@ class _Loop:
         self.model, self.b, self.tv, self.watch = model, b, tv, watch
         self.y = torch.from_numpy(vol).to(model.device)
         dev = model.device
+        self.layout = PaddedGrid(model.grid, dev)
         # Bertero-Boccacci normalisation H^T 1_D (or 1 where the model is plain)
         if boundary == "zero":
-            self.inv_w = model.ones_d.clone()
+            inv_w = model.ones_d
         elif boundary == "periodic":
-            self.inv_w = torch.ones(model.grid, dtype=torch.float32, device=dev)
+            inv_w = torch.ones(model.grid, dtype=torch.float32, device=dev)
         else:
-            self.inv_w = model.inverse_weight()
+            inv_w = model.inverse_weight()
+        self.inv_w = self.layout.padded(inv_w)
+        del inv_w
+        # where the object can be non-zero: D extended (D itself for "zero"; the grid when periodic)
+        self.support = tuple(slice(0, n + 2 * e) for n, e in zip(model.shape, model.ext))
         self.rescale = None
         if backprojector != "matched":
             # an unmatched back projector does not keep flux by itself: after
             # each step rescale so the model's total equals the data's (the
             # condition RL's fixed point satisfies), using
             # sum_D(H x) = <x, H^T 1_D> with the matched H^T
-            w_matched = model.sensitivity() * model.support
+            w_matched = self.layout.padded(model.sensitivity() * model.support)
             b_total = (b * float(np.prod(vol.shape))) if isinstance(b, float) else float(b.sum())
             self.rescale = (w_matched.view(-1), float(vol.sum(dtype=np.float64)) - b_total)
+        self.back_filter = (model.otf, True) if model.botf is None else (model.botf, False)
         self.spacing_ratio = (np.asarray(spacing) / min(spacing)).tolist() if spacing is not None else [1.0] * 3
         # floor of the model: FFT round-off can make it 0 or slightly negative
         self.eps = 1e-6 * max(float(vol.max()), 1e-12)
-        # the ratio's grid: kept between iterations (its zero frame written once) for small grids; for large
-        # ones made afresh each iteration and freed by the back projection once transformed, so the
-        # inverse transforms run beside one grid array fewer (benchmarks/RESULTS.md section 5)
-        self.ratio_buf = None
-        if 4.0 * float(np.prod(model.grid)) < TRANSIENT_RATIO_BYTES:
-            self.ratio_buf = torch.zeros(model.grid, dtype=torch.float32, device=dev)
+        #: a grid buffer no longer needed (the estimate an iteration replaced), reused by the next one
+        self.spare = None
         self.fused_ratio = (_fused.available(self.inv_w, self.y) and self.y.is_contiguous() and not watch
                             and (isinstance(b, float) or b.is_contiguous()))
         self.fused_update = _fused.available(self.inv_w) and tv == 0 and self.rescale is None
         self._fused = _fused
 
-    def ratio(self, est, info):
-        """``y / max(crop_D(h * est) + b, eps)`` on D, zero outside (recording the I-divergence if watched)."""
-        import torch
-        mu_d = self.model.forward_d(est)
-        buf = self.ratio_buf if self.ratio_buf is not None else torch.zeros(
-            self.model.grid, dtype=torch.float32, device=self.y.device)
-        ratio_d = buf[self.model.d_slice]
-        if self.fused_ratio:
-            self._fused.ratio(self.y, mu_d, self.b, self.eps, ratio_d)  # in one pass
-        else:
-            if not isinstance(self.b, float) or self.b:
-                mu_d.add_(self.b)
-            mu_d.clamp_(min=self.eps)
-            if self.watch:
-                info.i_divergence.append(i_divergence_of(self.y, mu_d))
-            torch.div(self.y, mu_d, out=ratio_d)
-        return buf
+    def back_ratio(self, est, info):
+        """``H^T (y / max(crop_D(h * est) + b, eps))`` on the support, in a grid buffer (padded layout).
 
-    def update(self, est, ratio, acc):
-        """The multiplicative RL update ``est / H^T 1_D * H^T ratio`` (+ TV, flux rescaling).
-
-        ``ratio``: a one-element list holding the ratio's grid (emptied by the back projection).
+        Records the I-divergence of the model when watched.
         """
         import torch
-        x_new = self.model.back(ratio)
+        buf, self.spare = (self.spare if self.spare is not None else self.layout.zeros()), None
+        dz, dy, dx = self.model.d_slice
+        divergence = []
+
+        def ratio(z0, z1, r, dst):
+            mu, out, y = r[:, :, dx], dst[:, dy, dx], self.y[z0 - dz.start:z1 - dz.start]
+            b = self.b if isinstance(self.b, float) else self.b[z0 - dz.start:z1 - dz.start]
+            if self.fused_ratio:
+                self._fused.ratio(y, mu, b, self.eps, out)  # in one pass
+                return
+            if not isinstance(b, float) or b:
+                mu.add_(b)
+            mu.clamp_(min=self.eps)
+            if self.watch:
+                divergence.append(i_divergence_of(y, mu))
+            torch.div(y, mu, out=out)
+
+        def back(z0, z1, r, dst):
+            dst[:, self.support[1]] = r
+
+        self.layout.convolve(est, buf, self.model.otf, conj=False, inp=self.support[:2], out=(dz, dy), sink=ratio)
+        if self.watch:
+            info.i_divergence.append(float(sum(divergence)))
+        filt, conj = self.back_filter
+        self.layout.convolve(buf, buf, filt, conj=conj, inp=(dz, dy), out=self.support[:2], sink=back)
+        return buf
+
+    def update(self, est, x_new, acc):
+        """The multiplicative RL update ``est / H^T 1_D * x_new`` in place in ``x_new`` (+ TV, flux rescaling).
+
+        ``x_new``: the back projection of the ratio (:meth:`back_ratio`).
+        """
+        import torch
         if acc is not None and self.fused_update and acc.correlate:
             acc.norms = self._fused.update_biggs(x_new, self.inv_w, est, acc.gbuf[0])
         elif self.fused_update:
@@ -353,7 +373,8 @@ class _Loop:
         else:
             x_new.mul_(self.inv_w).mul_(est)
         if self.tv > 0:
-            x_new.mul_(_tv_factor(est, self.tv, self.spacing_ratio))
+            real = self.layout.real
+            real(x_new).mul_(_tv_factor(real(est), self.tv, self.spacing_ratio))
         if self.rescale is not None:
             x_new.clamp_(min=0)
             model_total = float(torch.dot(x_new.view(-1), self.rescale[0]))
@@ -382,8 +403,8 @@ class _Biggs:
         self.norms = None
         self.x_prev = None
 
-    def extrapolate(self, k, x_new, est) -> float:
-        """Write the next estimate into ``est`` and return the weight used."""
+    def extrapolate(self, k, x_new, est):
+        """Write the next estimate into ``est``; return the weight used and the grid no longer needed."""
         import torch
         if not self.correlate:
             alpha = float(self.alphas[k]) if k < len(self.alphas) else 0.0
@@ -406,32 +427,33 @@ class _Biggs:
             _fused.extrapolate(x_new, self.x_prev, alpha, est)
         else:  # the same as a lerp, clipped at 0
             torch.lerp(self.x_prev, x_new, 1.0 + alpha, out=est).clamp_(min=0)
-        self.x_prev = x_new
-        return alpha
+        freed, self.x_prev = self.x_prev, x_new
+        return alpha, freed
 
 
-def _initial(init, vol, b, model, inv_w, dev):
+def _initial(init, vol, b, model, layout, inv_w, dev):
+    """The first estimate in the padded layout, zero where the data sees nothing."""
     import torch
+    x = layout.zeros()
+    real = layout.real(x)
     if isinstance(init, str):
         if init != "mean":
             raise ValueError(f"init must be 'mean', a number or an array, got {init!r}")
         bmean = b if isinstance(b, float) else float(b.mean())
-        level = max(float(vol.mean()) - bmean, 1e-6 * max(float(vol.mean()), 1e-12), 1e-12)
-        x = torch.full(model.grid, level, dtype=torch.float32, device=dev)
+        real.fill_(max(float(vol.mean()) - bmean, 1e-6 * max(float(vol.mean()), 1e-12), 1e-12))
     elif np.ndim(init) == 0:
-        x = torch.full(model.grid, float(init), dtype=torch.float32, device=dev)
+        real.fill_(float(init))
     else:
         arr = np.asarray(init, np.float32)
-        x = torch.zeros(model.grid, dtype=torch.float32, device=dev)
         ext_shape = tuple(n + 2 * e for n, e in zip(model.shape, model.ext))
         if arr.shape == model.shape:
-            x[model.d_slice] = torch.from_numpy(arr).to(dev)
+            real[model.d_slice] = torch.from_numpy(arr).to(dev)
         elif arr.shape == ext_shape:
-            x[tuple(slice(0, n) for n in ext_shape)] = torch.from_numpy(arr).to(dev)
+            real[tuple(slice(0, n) for n in ext_shape)] = torch.from_numpy(arr).to(dev)
         else:
             raise ValueError(f"init array shape {arr.shape} must be the volume's {model.shape} "
                              f"or the extended domain's {ext_shape}")
-    return x * (inv_w > 0)
+    return x.mul_(inv_w > 0)
 
 
 def _progress(total, enabled, desc):

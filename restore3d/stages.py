@@ -208,10 +208,9 @@ class RichardsonLucy(Stage):
     default_name = "rl"
 
     def memory_bytes(self, shape, spacing, psf=None):
-        # 6.7 float32 arrays on the padded FFT grid measured at the peak (34 x 512 x 512): the estimate,
-        # its last value and last change, the weights, the OTF and two spectra in flight, the data and
-        # ratio windows (the ratio's grid is freed in the back projection on grids of 32 MB and more:
-        # 7.6 on smaller ones; benchmarks/RESULTS.md, section 5); 8 counted
+        # 6.5 float32 arrays of the padded FFT grid measured at the peak (34 x 512 x 512): the estimate, its
+        # last value and last change, the weights, the OTF, one working buffer the projections run in
+        # (restore3d._slab_fft), slabs and the heap's slack (benchmarks/RESULTS.md, section 5); 8 counted
         return 8 * 4.0 * _fft_grid_voxels(shape, psf)
 
     def __init__(self, iterations: int = _RL["iterations"], *, acceleration: str = _RL["acceleration"],
