@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import torch
 
-#: Size of the slabs each pass transforms at once (bytes of complex64).
+#: Size of the slabs each pass transforms at once (bytes of complex64) on the CPU: 1 MB was the fastest
+#: and smallest at 512^2 (8 MB: 30 % slower, 90 MB more heap; benchmarks/RESULTS.md, section 5).
 SLAB_BYTES = 2 ** 20
+#: On a GPU, where each slab is a kernel launch and memory is rarely the limit.
+GPU_SLAB_BYTES = 64 * 2 ** 20
 
 
 class PaddedGrid:
@@ -43,8 +46,9 @@ class PaddedGrid:
         gz, gy, gx = self.grid
         self.nxc = gx // 2 + 1
         self.shape = (gz, gy, 2 * self.nxc)
-        self.zstep = max(1, SLAB_BYTES // (gy * self.nxc * 8))
-        self.ystep = max(1, SLAB_BYTES // (gz * self.nxc * 8))
+        slab = SLAB_BYTES if torch.device(device).type == "cpu" else GPU_SLAB_BYTES
+        self.zstep = max(1, slab // (gy * self.nxc * 8))
+        self.ystep = max(1, slab // (gz * self.nxc * 8))
 
     def zeros(self) -> torch.Tensor:
         """A new zero buffer."""
