@@ -188,22 +188,6 @@ class ForwardModel:
     def forward(self, x):
         return self.conv(x, self.otf)
 
-    def forward_d(self, x):
-        """The forward projection ``crop_D(h * x)``, computed on the data domain D only.
-
-        A pruned inverse FFT: after the inverse transform along z only D's
-        planes go on to the transform along y, and only D's rows to the real
-        transform along x, so the inverse does about the share of the work
-        that D fills of the grid (the RL speed table of benchmarks/RESULTS.md).
-        """
-        torch = self.torch
-        if self.shape == self.grid:  # nothing to prune (periodic boundary)
-            return self.conv(x, self.otf)
-        dz, dy, dx = self.d_slice
-        a = torch.fft.ifft(torch.fft.rfftn(x).mul_(self.otf), dim=0)[dz]
-        a = torch.fft.ifft(a, dim=1)[:, dy]
-        return torch.fft.irfft(a, n=self.grid[2], dim=2)[:, :, dx]
-
     def back(self, r):
         if self.botf is None:  # matched: the OTF's conjugate
             return self.conv(r, self.otf, conj=True)
