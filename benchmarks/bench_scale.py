@@ -189,6 +189,7 @@ def stages_one(work, size, peers=True, refiner=True):
     import gc
     import restore3d as r3
     from restore3d import RunContext
+    from restore3d.memory import release_free_memory
     full = np.load(field(work), mmap_mode="r")
     y0 = (full.shape[1] - size) // 2
     vol = np.ascontiguousarray(full[:, y0:y0 + size, y0:y0 + size]).astype(np.float32)
@@ -205,6 +206,7 @@ def stages_one(work, size, peers=True, refiner=True):
         t0 = time.perf_counter()
         ctx.step = name
         x = np.ascontiguousarray(stage(x, ctx), dtype=np.float32)
+        release_free_memory()  # as Pipeline.run does after each stage
         dt = time.perf_counter() - t0
         ctx.history.append(type(stage).__name__)
         total += dt

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _LIB = None
 _LOADED = False
 # the signature version of restore3d/_kernels.c this module calls (r3d_abi)
-_ABI = 3
+_ABI = 4
 
 
 def kernels_available() -> bool:
@@ -67,8 +67,8 @@ def _load():
         return None
     p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     lib.r3d_ratio.argtypes = [p, i64, i64, i64, p, p, f32, f32, p, i64, i64, i64, i64, i64, i64, i32]
-    lib.r3d_update.argtypes = [p, p, p, i64, i32]
-    lib.r3d_update_biggs.argtypes = [p, p, p, p, i64, p, i32]
+    lib.r3d_update.argtypes = [p, p, i64, i64, p, p, p, p, i64, i64, i64, i32]
+    lib.r3d_update_biggs.argtypes = [p, p, i64, i64, p, p, p, p, p, i64, i64, i64, p, i32]
     lib.r3d_extrapolate.argtypes = [p, p, f32, p, i64, i32]
     lib.r3d_mul_conj.argtypes = [p, p, i64, i32]
     for name in ("r3d_ratio", "r3d_update", "r3d_update_biggs", "r3d_extrapolate", "r3d_mul_conj"):
@@ -109,21 +109,31 @@ def ratio(y: torch.Tensor, mu: torch.Tensor, b, eps: float, out: torch.Tensor) -
                    *y.shape, torch.get_num_threads())
 
 
-def update(back: torch.Tensor, w: torch.Tensor, est: torch.Tensor) -> None:
-    """``back *= w * est`` (the RL update), in place."""
-    _same(back, w, est)
-    _LIB.r3d_update(_ptr(back), _ptr(w), _ptr(est), back.numel(), torch.get_num_threads())
+def _weights(back, weights, *others):
+    """The arguments that pass the table of ``weights`` (a :class:`BorderWeights`) to a kernel."""
+    if back.dim() != 3 or tuple(len(i) for i in weights.index) != tuple(back.shape):
+        raise ValueError(f"weights index a {tuple(len(i) for i in weights.index)} grid, not the "
+                         f"{tuple(back.shape)} buffer")
+    _same(back, *others)
+    tab = weights.table
+    return (_ptr(tab), tab.shape[1], tab.shape[2], *(_ptr(i) for i in weights.index))
 
 
-def update_biggs(back: torch.Tensor, w: torch.Tensor, est: torch.Tensor, g: torch.Tensor) -> tuple[float, float]:
-    """``back *= w * est``; the difference ``back - est`` replaces the previous one in ``g``.
+def update(back: torch.Tensor, weights, est: torch.Tensor) -> None:
+    """``back *= w * est`` (the RL update), in place; ``w = weights.grid()`` (:class:`BorderWeights`)."""
+    args = _weights(back, weights, est)
+    _LIB.r3d_update(_ptr(back), *args, _ptr(est), *back.shape, torch.get_num_threads())
+
+
+def update_biggs(back: torch.Tensor, weights, est: torch.Tensor, g: torch.Tensor) -> tuple[float, float]:
+    """``back *= w * est`` (``w = weights.grid()``); the difference ``back - est`` replaces the previous one in ``g``.
 
     Returns ``(<g_new, g_new>, <g_new, g_previous>)`` (float64 sums), the two
     correlations of the Biggs-Andrews weight.
     """
-    _same(back, w, est, g)
+    args = _weights(back, weights, est, g)
     dots = np.zeros(2, np.float64)
-    _LIB.r3d_update_biggs(_ptr(back), _ptr(w), _ptr(est), _ptr(g), back.numel(), dots.ctypes.data,
+    _LIB.r3d_update_biggs(_ptr(back), *args, _ptr(est), _ptr(g), *back.shape, dots.ctypes.data,
                           torch.get_num_threads())
     return float(dots[0]), float(dots[1])
 

@@ -28,7 +28,7 @@
 /* the signature version: restore3d/_fused.py refuses a library built from other sources */
 int r3d_abi(void)
 {
-    return 3;
+    return 4;
 }
 
 /* 1 when the kernels run on OpenMP threads, 0 when built without OpenMP */
@@ -77,14 +77,25 @@ void r3d_ratio(const float *mu, int64_t mz, int64_t my, int64_t mx,
     }
 }
 
-/* plain RL update in place: back = back * w * est */
+/* The RL normalisation at grid voxel (z, y, x) is tab[(iz[z] * ty + iy[y]) * tx + ix[x]]: a small table
+ * and per-axis indices (restore3d/_border_weights.py), not a grid. */
+#define R3D_WEIGHT_ROW(z, y) (tab + ((int64_t)iz[z] * ty + iy[y]) * tx)
+
+/* plain RL update in place on a (nz, ny, nx) grid: back = back * w * est */
 R3D_CLONES
-void r3d_update(float *restrict back, const float *restrict w, const float *restrict est, int64_t n,
-                int nthreads)
+void r3d_update(float *restrict back, const float *restrict tab, int64_t ty, int64_t tx,
+                const int32_t *iz, const int32_t *iy, const int32_t *restrict ix,
+                const float *restrict est, int64_t nz, int64_t ny, int64_t nx, int nthreads)
 {
+    int64_t rows = nz * ny;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int64_t i = 0; i < n; i++)
-        back[i] = back[i] * w[i] * est[i];
+    for (int64_t r = 0; r < rows; r++) {
+        const float *restrict w = R3D_WEIGHT_ROW(r / ny, r % ny);
+        float *restrict bk = back + r * nx;
+        const float *restrict es = est + r * nx;
+        for (int64_t i = 0; i < nx; i++)
+            bk[i] = bk[i] * w[ix[i]] * es[i];
+    }
 }
 
 /* Biggs-Andrews RL update in place: back = back * w * est and the new
@@ -93,19 +104,31 @@ void r3d_update(float *restrict back, const float *restrict w, const float *rest
  * One buffer for both differences: each element is read before it is
  * overwritten, which saves a stream over keeping two. */
 R3D_CLONES
-void r3d_update_biggs(float *restrict back, const float *restrict w, const float *restrict est,
-                      float *restrict g, int64_t n, double *dots, int nthreads)
+void r3d_update_biggs(float *restrict back, const float *restrict tab, int64_t ty, int64_t tx,
+                      const int32_t *iz, const int32_t *iy, const int32_t *restrict ix,
+                      const float *restrict est, float *restrict g, int64_t nz, int64_t ny, int64_t nx,
+                      double *dots, int nthreads)
 {
     double gg = 0.0, gp = 0.0;
+    int64_t rows = nz * ny;
     #pragma omp parallel for schedule(static) num_threads(nthreads) reduction(+:gg, gp)
-    for (int64_t i = 0; i < n; i++) {
-        float x = back[i] * w[i] * est[i];
-        float d = x - est[i];
-        float previous = g[i];
-        back[i] = x;
-        g[i] = d;
-        gg += (double)d * (double)d;
-        gp += (double)d * (double)previous;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *restrict w = R3D_WEIGHT_ROW(r / ny, r % ny);
+        float *restrict bk = back + r * nx;
+        const float *restrict es = est + r * nx;
+        float *restrict gr = g + r * nx;
+        double rgg = 0.0, rgp = 0.0;
+        for (int64_t i = 0; i < nx; i++) {
+            float x = bk[i] * w[ix[i]] * es[i];
+            float d = x - es[i];
+            float previous = gr[i];
+            bk[i] = x;
+            gr[i] = d;
+            rgg += (double)d * (double)d;
+            rgp += (double)d * (double)previous;
+        }
+        gg += rgg;
+        gp += rgp;
     }
     dots[0] = gg;
     dots[1] = gp;

@@ -30,6 +30,7 @@ import numpy as np
 
 from ._checks import MIN_SHAPE, as_device, as_rng, as_spacing, check_restorable, check_voxel_spacing
 from ._stats import intensity_gain
+from .memory import release_free_memory
 from .pipeline import PASSTHROUGH, Pipeline, Result, RunContext
 
 __all__ = ["freeze_pipeline", "run_chunked", "pipeline_halo", "pipeline_alignment", "plan_chunks",
@@ -324,6 +325,7 @@ def run_within_budget(pipeline: Pipeline, vol, spacing, psf, rng, device, budget
         chunks = plan_chunks(one, vol.shape, spacing, ctx.psf, halo, grid, left)
         out = spare if spare is not None and spare is not background_free else np.empty_like(vol)
         n = _stage_in_chunks(stage, current, out, chunks, halo, ctx, background_free)
+        release_free_memory()  # the chunks' freed heap, before the next stage
         plans[name] = {"chunks": tuple(int(c) for c in chunks), "halo": tuple(int(h) for h in halo),
                        "n_chunks": n}
         ctx.history.append(type(stage).__name__)

@@ -28,6 +28,7 @@ import numpy as np
 from ._checks import as_psf, as_volume
 from ._fused import kernels as fused_kernels
 from ._fused import kernels_available
+from ._border_weights import BorderWeights
 from ._slab_fft import PaddedGrid
 from .forward_model import (BACKPROJECTORS, ForwardModel, as_background, i_divergence_of, torch_device,
                             torch_threads)
@@ -234,9 +235,9 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
             extend = (0, 0, 0)
         model = ForwardModel(vol.shape, h, boundary=boundary, extend=extend, device=dev,
                              backprojector=backprojector)
-        loop = _Loop(model, vol, as_background(background, vol.shape, dev), boundary=boundary,
+        loop = _Loop(model, vol, h, as_background(background, vol.shape, dev), boundary=boundary,
                      backprojector=backprojector, tv=tv, spacing=spacing, watch=stop_tol is not None or monitor)
-        x = _initial(init, vol, loop.b, model, loop.layout, loop.inv_w, dev)
+        x = _initial(init, vol, loop.b, model, loop.layout, loop.weights, dev)
         info.init_level = float(x.max())
         info.fused = loop.fused_update
         acc = _Biggs(x, loop.fused_update, alphas) if acceleration == "biggs" else None
@@ -288,7 +289,7 @@ class _Loop:
     the PyTorch ratio).
     """
 
-    def __init__(self, model, vol, b, *, boundary, backprojector, tv, spacing, watch):
+    def __init__(self, model, vol, h, b, *, boundary, backprojector, tv, spacing, watch):
         import torch
 
         from . import _fused
@@ -296,15 +297,9 @@ class _Loop:
         self.y = torch.from_numpy(vol).to(model.device)
         dev = model.device
         self.layout = PaddedGrid(model.grid, dev)
-        # Bertero-Boccacci normalisation H^T 1_D (or 1 where the model is plain)
-        if boundary == "zero":
-            inv_w = model.ones_d
-        elif boundary == "periodic":
-            inv_w = torch.ones(model.grid, dtype=torch.float32, device=dev)
-        else:
-            inv_w = model.inverse_weight()
-        self.inv_w = self.layout.padded(inv_w)
-        del inv_w
+        # 1 / the Bertero-Boccacci normalisation H^T 1_D (1 on D or on the grid where the model is plain),
+        # exact, as a small table; a grid of it only where the update runs in PyTorch operations
+        self.weights = BorderWeights(h, model.shape, model.ext, model.grid, boundary, row=self.layout.shape[2])
         # where the object can be non-zero: D extended (D itself for "zero"; the grid when periodic)
         self.support = tuple(slice(0, n + 2 * e) for n, e in zip(model.shape, model.ext))
         self.rescale = None
@@ -322,9 +317,12 @@ class _Loop:
         self.eps = 1e-6 * max(float(vol.max()), 1e-12)
         #: a grid buffer no longer needed (the estimate an iteration replaced), reused by the next one
         self.spare = None
-        self.fused_ratio = (_fused.available(self.inv_w, self.y) and self.y.is_contiguous() and not watch
+        self.fused_ratio = (_fused.available(self.y) and self.y.is_contiguous() and not watch
                             and (isinstance(b, float) or b.is_contiguous()))
-        self.fused_update = _fused.available(self.inv_w) and tv == 0 and self.rescale is None
+        self.fused_update = (_fused.available(self.y) and tv == 0 and self.rescale is None
+                             and self.weights.compact)
+        #: the weights as a grid (padded layout) for the PyTorch update; None with the fused kernels
+        self.inv_w = None if self.fused_update else self.weights.grid(dev)
         self._fused = _fused
 
     def back_ratio(self, est, info):
@@ -367,9 +365,9 @@ class _Loop:
         """
         import torch
         if acc is not None and self.fused_update and acc.correlate:
-            acc.norms = self._fused.update_biggs(x_new, self.inv_w, est, acc.gbuf[0])
+            acc.norms = self._fused.update_biggs(x_new, self.weights, est, acc.gbuf[0].view(x_new.shape))
         elif self.fused_update:
-            self._fused.update(x_new, self.inv_w, est)
+            self._fused.update(x_new, self.weights, est)
         else:
             x_new.mul_(self.inv_w).mul_(est)
         if self.tv > 0:
@@ -431,7 +429,7 @@ class _Biggs:
         return alpha, freed
 
 
-def _initial(init, vol, b, model, layout, inv_w, dev):
+def _initial(init, vol, b, model, layout, weights, dev):
     """The first estimate in the padded layout, zero where the data sees nothing."""
     import torch
     x = layout.zeros()
@@ -453,7 +451,9 @@ def _initial(init, vol, b, model, layout, inv_w, dev):
         else:
             raise ValueError(f"init array shape {arr.shape} must be the volume's {model.shape} "
                              f"or the extended domain's {ext_shape}")
-    return x.mul_(inv_w > 0)
+    for z in range(x.shape[0]):  # zero where the weight is (outside the support, or seen too little)
+        x[z].mul_(weights.plane(z).to(dev) > 0)
+    return x
 
 
 def _progress(total, enabled, desc):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DEFAULT_MEMORY_BUDGET_GB", "default_memory_budget", "budget_bytes"]
+__all__ = ["DEFAULT_MEMORY_BUDGET_GB", "default_memory_budget", "budget_bytes", "release_free_memory"]
 
 #: The memory budget's ceiling (GB of working memory) when ``memory_budget="auto"``.
 DEFAULT_MEMORY_BUDGET_GB = 3.0
@@ -36,3 +36,34 @@ def budget_bytes(memory_budget) -> float | None:
             or not np.isfinite(memory_budget) or memory_budget <= 0:
         raise ValueError(f"memory_budget must be a positive number of GB, 'auto' or None, got {memory_budget!r}")
     return float(memory_budget) * 1e9
+
+
+_TRIM = []
+
+
+def release_free_memory() -> bool:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``); False where there is none.
+
+    A stage's freed slabs and small arrays stay in the C heap as free
+    memory, which the next stage reuses only in part: at 512^2 it was 1-2x
+    the volume at each stage's start (benchmarks/RESULTS.md, section 5).
+    :meth:`Pipeline.run <restore3d.pipeline.Pipeline.run>` calls this after
+    each stage (a few milliseconds); the memory is not in use, so nothing
+    else changes. dask.distributed trims its workers' heaps the same way.
+    """
+    if not _TRIM:
+        trim = None
+        import sys
+        if sys.platform.startswith("linux"):
+            import ctypes
+            try:
+                trim = ctypes.CDLL("libc.so.6").malloc_trim
+                trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+            except (OSError, AttributeError):  # musl and others: no malloc_trim
+                trim = None
+        _TRIM.append(trim)
+    trim = _TRIM[0]
+    if trim is None:
+        return False
+    trim(0)
+    return True

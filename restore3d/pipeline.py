@@ -22,7 +22,7 @@ import numpy as np
 from ._checks import as_device, as_rng, as_volume, check_restorable, check_voxel_spacing
 from ._files import atomic_write
 from ._stats import intensity_gain
-from .memory import budget_bytes
+from .memory import budget_bytes, release_free_memory
 from ._version import __version__
 from .base import PASSTHROUGH, RunContext, Stage, stage_types
 
@@ -495,6 +495,8 @@ class Pipeline:
             if not np.isfinite(out).all():
                 raise RuntimeError(f"stage {name!r} produced NaN or Inf values")
             vol = np.ascontiguousarray(out, dtype=np.float32)
+            del out
+            release_free_memory()  # the stage's freed heap, before the next one
             if name in keep:
                 kept[name] = vol.copy()
             timings[name] = time.perf_counter() - t0

@@ -208,10 +208,11 @@ class RichardsonLucy(Stage):
     default_name = "rl"
 
     def memory_bytes(self, shape, spacing, psf=None):
-        # 6.5 float32 arrays of the padded FFT grid measured at the peak (34 x 512 x 512): the estimate, its
-        # last value and last change, the weights, the OTF, one working buffer the projections run in
-        # (restore3d._slab_fft), slabs and the heap's slack (benchmarks/RESULTS.md, section 5); 8 counted
-        return 8 * 4.0 * _fft_grid_voxels(shape, psf)
+        # 4.8 float32 arrays of the padded FFT grid measured at the peak beside the data and the output
+        # (34 x 512 x 512): the estimate, its last value and last change, the OTF, one working buffer the
+        # projections run in (restore3d._slab_fft), slabs and the heap's slack; the weights are a small
+        # table (restore3d._border_weights; benchmarks/RESULTS.md, section 5); 7 counted
+        return 7 * 4.0 * _fft_grid_voxels(shape, psf)
 
     def __init__(self, iterations: int = _RL["iterations"], *, acceleration: str = _RL["acceleration"],
                  boundary: str = _RL["boundary"], tv: float = _RL["tv"],

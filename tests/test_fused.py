@@ -52,28 +52,69 @@ def test_ratio_on_strided_views(background, step):
     assert bool((grid[outside] == -7.0).all())  # the frame is untouched
 
 
+def _weights(shape=(7, 9, 12), grid=(11, 15, 17), seed=5):
+    """Border weights of an asymmetric PSF on an odd grid, rows padded as RL's layout pads them."""
+    from restore3d._border_weights import BorderWeights
+    rng = np.random.default_rng(seed)
+    psf = rng.random((5, 7, 9)) + 0.1
+    psf /= psf.sum()
+    return BorderWeights(psf, shape, (2, 3, 4), grid, "extend", row=2 * (grid[2] // 2 + 1))
+
+
 @needs_kernels
 def test_updates_and_extrapolation():
-    n = 100_003  # not a multiple of any vector width or thread count
-    back, w, est, g_prev = (_rand(n, s) for s in range(4))
+    weights = _weights()
+    w = weights.grid()
+    shape = tuple(w.shape)
+    back, est, g_prev = (_rand(shape, s) for s in range(3))
     g = g_prev.clone()  # holds the previous difference, overwritten with the new one
     expected = back * w * est
     got = back.clone()
-    gg, gp = _fused.update_biggs(got, w, est, g)
+    gg, gp = _fused.update_biggs(got, weights, est, g)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
-    torch.testing.assert_close(g, expected - est, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g, expected - est, rtol=1e-6, atol=1e-7 * float(expected.max()))
     d = (expected - est).double()
     assert gg == pytest.approx(float((d * d).sum()), rel=1e-6)
     assert gp == pytest.approx(float((d * g_prev.double()).sum()), rel=1e-6)
 
     plain = back.clone()
-    _fused.update(plain, w, est)
-    torch.testing.assert_close(plain, expected, rtol=0, atol=0)
+    _fused.update(plain, weights, est)
+    torch.testing.assert_close(plain, expected, rtol=1e-6, atol=0)
+    assert float(plain[..., 17:].abs().max()) == 0.0  # the padding columns' weight is 0
 
+    n = 100_003  # not a multiple of any vector width or thread count
+    back, est = _rand(n, 7), _rand(n, 8)
     out = torch.empty(n)
     _fused.extrapolate(back, est, 0.7, out)
     torch.testing.assert_close(out, torch.clamp(back + 0.7 * (back - est), min=0), rtol=1e-6, atol=1e-7)
     assert float(out.min()) == 0.0  # some voxels were clipped
+
+
+@pytest.mark.parametrize("boundary,extend", [("extend", "auto"), ("extend", (4, 1, 0)), ("zero", "auto"),
+                                             ("periodic", "auto")])
+def test_border_weight_table_equals_the_normalisation_grid(boundary, extend):
+    """The table of 1 / H^T 1_D (exact box sums of the PSF) equals the grid computed by FFT, for an
+    asymmetric PSF, an extension other than half the PSF, and the plain boundaries (1 on D / everywhere)."""
+    from restore3d._border_weights import BorderWeights
+    from restore3d.forward_model import ForwardModel
+    rng = np.random.default_rng(2)
+    psf = rng.random((5, 8, 9)).astype(np.float32) + 0.05
+    psf[2, 4, 4] += 3.0
+    psf /= psf.sum()
+    shape = (6, 11, 13)
+    model = ForwardModel(shape, psf, boundary=boundary, extend=extend, device=torch.device("cpu"))
+    if boundary == "extend":
+        want = model.inverse_weight()
+    else:
+        want = model.ones_d if boundary == "zero" else torch.ones(model.grid)
+    row = 2 * (model.grid[2] // 2 + 1)
+    weights = BorderWeights(psf, shape, model.ext, model.grid, boundary, row=row)
+    got = weights.grid()
+    assert got.shape == (*model.grid[:2], row)
+    torch.testing.assert_close(got[..., :model.grid[2]], want, rtol=1e-4, atol=1e-6)
+    assert float(got[..., model.grid[2]:].abs().max()) == 0.0  # the padding columns (one or two)
+    assert weights.table.numel() < got.numel()  # smaller than the grid it stands for
+    torch.testing.assert_close(weights.plane(3), got[3], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("with_kernels", [True, False])
@@ -110,11 +151,14 @@ def test_matched_back_projection_is_the_adjoint_of_the_forward_one():
 
 @needs_kernels
 def test_bad_sizes_rejected():
-    a = torch.zeros(10)
+    weights = _weights()
+    a = torch.zeros(weights.grid().shape)
     with pytest.raises(ValueError, match="differ in size"):
-        _fused.update(a, torch.zeros(11), a)
+        _fused.update(a, weights, a[:, :3])
+    with pytest.raises(ValueError, match="index a"):
+        _fused.update(a[:, :3], weights, a[:, :3])
     with pytest.raises(ValueError, match="contiguous"):
-        _fused.update(torch.zeros(20)[::2], a, a)
+        _fused.update(a, weights, torch.zeros(*a.shape[:2], 2 * a.shape[2])[..., ::2])
     with pytest.raises(ValueError, match="one shape"):
         _fused.ratio(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5), 0.0, 1e-3, torch.zeros(2, 3, 4))
 

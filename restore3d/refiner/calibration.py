@@ -124,24 +124,27 @@ def calibrate_kernel(render_with, spacing: Sequence[float], fwhm_um: float, sigm
     fine = fwhm_um / np.asarray(spacing, float) >= fine_samples
     report = {"calibrated": False, "n_beads": 0, "target_fwhm_um": float(fwhm_um),
               "half_maximum_axes": "".join(a for a, f in zip("zyx", fine) if f)}
-    iso = ideal_vol = None
+    iso = ideal_var = ideal = None
+    window = measurement_window_um(fwhm_um, spacing)
     for _ in range(max(1, int(rounds))):
+        rendered = None  # the last round's volume goes before the next is made
         rendered = render_with(sigma)
         if iso is None:  # the beads are found once: a narrower kernel moves no maximum
             _, iso = isolated_beads(rendered, spacing, fwhm_um, max_beads=max_beads)
             report["n_beads"] = int(len(iso))
             if len(iso) < min_beads:
                 break
+            # the ideal beads' widths do not change with the kernel: measured once, their volume freed
             ideal_vol = ideal_volume(iso, rendered.shape, spacing, fwhm_um)
+            ideal_var = None if np.all(fine) else marginal_variances(ideal_vol, spacing, iso, half)
+            ideal = measure_beads(ideal_vol, spacing, iso, window_um=window) if np.any(fine) else None
+            del ideal_vol
         excess = np.zeros(3)
         if not np.all(fine):  # profile variances where too coarse for a half-maximum
-            diff = (marginal_variances(rendered, spacing, iso, half)
-                    - marginal_variances(ideal_vol, spacing, iso, half))
+            diff = marginal_variances(rendered, spacing, iso, half) - ideal_var
             excess = np.array([np.median(c[np.isfinite(c)]) if np.isfinite(c).any() else np.nan for c in diff.T])
         if np.any(fine):  # half-maximum widths where sampled finely enough: the width users measure
-            window = measurement_window_um(fwhm_um, spacing)
             got = measure_beads(rendered, spacing, iso, window_um=window)
-            ideal = measure_beads(ideal_vol, spacing, iso, window_um=window)
             for a, ax in enumerate("zyx"):
                 if fine[a]:
                     diff = got[f"fwhm_{ax}"] ** 2 - ideal[f"fwhm_{ax}"] ** 2

@@ -57,21 +57,36 @@ def _sparse_rows(m: np.ndarray):
     return idx, w
 
 
+#: Voxels of the output each slab of :func:`_apply_axis` makes at once (its gathered term is that big).
+APPLY_SLAB = 2 ** 20
+
+
 def _apply_axis(volume: np.ndarray, m: np.ndarray, axis: int) -> np.ndarray:
     """``m`` applied along ``axis`` (``tensordot(m, volume, (1, axis))`` moved back), in O(voxels).
 
     Gathers along the axis, as many as the fullest row of ``m`` holds
     non-zeros: a dense product costs the axis length per output voxel (the
-    refiner's resampling grew faster than the volume).
+    refiner's resampling grew faster than the volume). The output is made
+    in slabs along another axis, so the gathered terms stay a slab's size.
     """
     idx, w = _sparse_rows(m)
     shape = [1] * volume.ndim
     shape[axis] = -1
-    out = None
-    for k in range(idx.shape[1]):
-        term = np.take(volume, idx[:, k], axis=axis)
-        term *= w[:, k].reshape(shape)
-        out = term if out is None else np.add(out, term, out=out)
+    out_shape = list(volume.shape)
+    out_shape[axis] = m.shape[0]
+    out = np.empty(out_shape, np.float32)
+    along = 0 if axis != 0 else 1  # the slabs' axis
+    step = max(1, APPLY_SLAB * volume.shape[along] // max(1, out.size))
+    for a in range(0, volume.shape[along], step):
+        cut = [slice(None)] * volume.ndim
+        cut[along] = slice(a, a + step)
+        cut = tuple(cut)
+        src, dst = volume[cut], out[cut]
+        np.multiply(np.take(src, idx[:, 0], axis=axis), w[:, 0].reshape(shape), out=dst)
+        for k in range(1, idx.shape[1]):
+            term = np.take(src, idx[:, k], axis=axis)
+            term *= w[:, k].reshape(shape)
+            dst += term
     return out
 
 

@@ -66,12 +66,16 @@ def _network_pass(model, held, *, device, tile_shape, max_voxels, ramp, progress
     with torch.no_grad(), autocast(precision, device):
         for k, t in enumerate(tqdm(all_tiles, desc="refiner tiles", disable=not progress or len(all_tiles) == 1,
                                    leave=False)):
-            x = torch.from_numpy(np.ascontiguousarray(_tile_of(vol, t, padded_shape)))[None, None].to(device)
+            part = np.ascontiguousarray(_tile_of(vol, t, padded_shape))
+            if len(all_tiles) > 1 and np.shares_memory(part, vol):  # the pass writes over its input
+                part = part.copy()
+            x = torch.from_numpy(part)[None, None].to(device)
+            del part
             if k == len(all_tiles) - 1:
                 del vol
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-            y = model(x)[0, 0].float().cpu().numpy()
+            y = _forward(model, x)[0, 0].float().cpu().numpy()
             del x
             if len(all_tiles) == 1:
                 out = y
@@ -87,6 +91,14 @@ def _network_pass(model, held, *, device, tile_shape, max_voxels, ramp, progress
         out /= sz[:, None, None]
         out /= sy[:, None] * sx[None, :]
     return out[tuple(slice(0, n) for n in shape)]
+
+
+def _forward(model, x):
+    """``model(x)`` (no gradients) for an ``x`` the caller gives up: a U-Net's output is written over it."""
+    if hasattr(model, "_channels_last"):  # UNet3D
+        from .streaming import forward_by_slabs
+        return forward_by_slabs(model, x, channels_last=model._channels_last(), overwrite_input=True)
+    return model(x)
 
 
 def predict(model, volume: np.ndarray, spacing: Sequence[float], *, normalizer: Normalizer,
@@ -265,7 +277,8 @@ def _render_on(obj, spacing, grid, sigma_um, gain=None, report=None):
         gain = light / got if got > 0 else 1.0
     if report is not None:
         report["light_gain"] = float(gain)
-    return np.clip(out * np.float32(gain), 0, None)
+    out *= np.float32(gain)
+    return np.clip(out, 0, None, out=out)
 
 
 def _rendered_kernel(obj, spacing, transform, psf, grid, calibrate, kernel_um):

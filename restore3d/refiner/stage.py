@@ -276,7 +276,9 @@ class Refiner(Stage):
         report = {"weights": str(self.checkpoint_path), "sha256": meta.get("sha256"),
                   "seconds": time.perf_counter() - t0, **rendering}
         if self.check and ctx.background_free is not None and ctx.psf is not None:
+            from ..memory import release_free_memory
             from ..selfcheck import check_restoration
+            release_free_memory()  # the network's and the rendering's freed heap, before the check's arrays
             checked = check_restoration(out, ctx.background_free, ctx.psf, ctx.spacing)
             report["self_check"] = checked.as_dict()
             if not checked.shape_failed:

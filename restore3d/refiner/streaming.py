@@ -31,9 +31,10 @@ __all__ = ["forward_by_slabs", "slab_bounds"]
 
 #: Values (voxels x channels) of a block's widest array in one slab: 16 MB in float32.
 SLAB_VALUES = 4_000_000
-#: A slab is at least this many times its context wide (the context is computed twice: at most 1/4
-#: more work; narrower slabs ran markedly slower on 2 cores).
-LEAST_WIDTH = 8
+#: A slab is at least this many times its context wide (the context is computed twice: at most 1/3
+#: more work). On 64 x 336 x 336 (2 AVX2 cores, float32) 6 took the time of 8 within the noise and
+#: 25-60 MB less memory (218-223 vs 246-282 MB); 4 and 5 ran slower.
+LEAST_WIDTH = 6
 
 
 def slab_bounds(n: int, rows: int, halo: int, align: int = 1):
@@ -69,7 +70,16 @@ def _by_slabs(torch, compute, n, rows, halo, align, fmt, shrink=1):
             out = torch.empty(shape, dtype=part.dtype, device=part.device, memory_format=fmt)
         out[..., a // shrink: b // shrink].copy_(part)
         del part
+    _release(out)
     return out
+
+
+def _release(t):
+    """Give the C heap's free pages back after a level on the CPU: its slabs' arrays, freed, stay there
+    and fragment it (the refiner stage's peak at 512^2: 13.2 -> 11.1x the volume; benchmarks/RESULTS.md)."""
+    if t.device.type == "cpu":
+        from ..memory import release_free_memory
+        release_free_memory()
 
 
 def _by_slabs_into(compute, dest, rows, halo, align):
@@ -92,7 +102,20 @@ def _by_slabs_into(compute, dest, rows, halo, align):
         pending = (a, b, part)
         del part
     dest[..., pending[0]:pending[1]].copy_(pending[2])
+    del pending
+    _release(dest)
     return dest
+
+
+def _output_dtype(x, model):
+    """The dtype of the network's output for input ``x``: the head's under autocast, promoted with the
+    residual's (the input's)."""
+    import torch
+    if torch.is_autocast_enabled(x.device.type):
+        head = torch.get_autocast_dtype(x.device.type)
+    else:
+        head = model.head.weight.dtype
+    return torch.promote_types(head, x.dtype) if model.config.residual else head
 
 
 def _fits_in_place(rows, halo, align):
@@ -108,7 +131,7 @@ def _columns(shape, channels, slab_values, least=1):
 
 
 def forward_by_slabs(model, x, *, slab_values: int = SLAB_VALUES, least_width: int = LEAST_WIDTH,
-                     channels_last: bool = False, keep_finest: bool = False):
+                     channels_last: bool = False, keep_finest: bool = False, overwrite_input: bool = False):
     """``model(x)`` without gradients, each level's blocks run in slabs along x (module docstring).
 
     Parameters
@@ -130,6 +153,11 @@ def forward_by_slabs(model, x, *, slab_values: int = SLAB_VALUES, least_width: i
         again slab by slab where the decoder joins it (its first block runs
         twice; only the input and the output are held whole at full
         resolution).
+    overwrite_input : bool
+        Write the output over ``x`` (slab by slab, once no slab reads those
+        columns again) and return ``x``: the input and the output are then
+        never held side by side. For callers that own ``x``; where the
+        output's dtype differs from ``x``'s, a new tensor as usual.
 
     Returns
     -------
@@ -193,6 +221,11 @@ def forward_by_slabs(model, x, *, slab_values: int = SLAB_VALUES, least_width: i
             if i and _fits_in_place(rows, halo, px):  # (the finest level ends in the one-channel head)
                 # the level's output has the skip's shape: written over it, slab by slab, once no slab needs it
                 h = _by_slabs_into(compute, skip, rows, halo, px)
+            elif not i and overwrite_input and _output_dtype(x, model) == x.dtype and \
+                    _fits_in_place(rows, halo + (0 if skip is not None else halo), px):
+                # the one-channel output over the input; a slab reads the input up to its own halo and
+                # the recomputed finest skip's beyond it
+                h = _by_slabs_into(compute, x, rows, halo + (0 if skip is not None else halo), px)
             else:
                 h = _by_slabs(torch, compute, shape[4], rows, halo, px, fmt)
             del low, skip

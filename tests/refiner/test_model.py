@@ -101,6 +101,28 @@ def test_slab_wise_inference_equals_the_whole_pass(keep_finest, slab_values):
     assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("slab_values", [3000, 20000, 10 ** 9])
+def test_output_written_over_the_input_equals_the_whole_pass(slab_values):
+    """With overwrite_input the output goes over the input where the finest slabs are at least their
+    reach wide (else into a new tensor), to the bit of the whole pass."""
+    from restore3d.refiner.streaming import _columns, _fits_in_place, forward_by_slabs
+    model = random_model(seed=7, depth=3, pools=((1, 2, 2), (2, 2, 2), (2, 2, 2))).to(
+        memory_format=torch.channels_last_3d)
+    x = torch.rand(1, 1, 8, 24, 56, generator=torch.Generator().manual_seed(4)).contiguous(
+        memory_format=torch.channels_last_3d)
+    with torch.enable_grad():
+        ref = model(x).detach()
+    own = x.clone()
+    with torch.no_grad():
+        got = forward_by_slabs(model, own, slab_values=slab_values, least_width=1, channels_last=True,
+                               overwrite_input=True)
+    assert torch.equal(got, ref)
+    halo = 2  # two 3x3x3 convolutions per block; the finest skip is computed again: twice that reach
+    fits = _fits_in_place(_columns(x.shape, 8 + 2 * 4, slab_values, halo), 2 * halo, 2)
+    assert (got.data_ptr() == own.data_ptr()) == fits
+    assert fits == (slab_values > 3000)
+
+
 def test_slab_bounds_cover_each_column_once_with_context():
     from restore3d.refiner.streaming import slab_bounds
     for n, rows, halo, align in [(56, 7, 2, 2), (9, 4, 1, 1), (16, 100, 3, 4), (1, 1, 0, 1)]:
