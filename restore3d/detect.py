@@ -52,9 +52,10 @@ def robust_sigma(values: np.ndarray) -> tuple[float, float]:
     volume with a black background), the positive values above the minimum
     are treated as half-normal noise: ``sigma = median / 0.6745``.
     """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    if v.size > 4_000_000:
+    v = np.asarray(values).reshape(-1)
+    if v.size > 4_000_000:  # subsampled before the float64 copy (a view of a contiguous volume)
         v = v[:: v.size // 2_000_000]
+    v = v.astype(np.float64)
     lo = float(v.min())
     tiny = 1e-6 * max(float(np.abs(v).max()), 1e-30)
     floor = v <= lo + tiny
@@ -125,10 +126,40 @@ def measure_beads(volume: np.ndarray, spacing: Sequence[float], positions, *,
     return table
 
 
+def maximum_filter(volume: np.ndarray, size) -> np.ndarray:
+    """``scipy.ndimage.maximum_filter(volume, size, mode="nearest")`` for odd sizes, the same values in half the time.
+
+    Along each axis the running maximum over ``2^k`` samples is built by
+    doubling (``k`` whole-array maxima) and two overlapping runs cover the
+    window; the edge padding makes ``"nearest"`` exact (a repeated edge
+    value is already in the window). Even sizes go to scipy.
+    """
+    vol = np.asarray(volume)
+    sizes = [int(s) for s in (size if np.ndim(size) else (size,) * vol.ndim)]
+    if any(s < 1 or s % 2 == 0 for s in sizes) or len(sizes) != vol.ndim:
+        return ndimage.maximum_filter(vol, size=size, mode="nearest")
+    out = vol
+    for axis, length in enumerate(sizes):
+        if length == 1:
+            continue
+        n, h = vol.shape[axis], length // 2
+
+        def cut(a, b, axis=axis):
+            return (slice(None),) * axis + (slice(a, b),)
+
+        run, width = np.pad(out, [(h, h) if a == axis else (0, 0) for a in range(vol.ndim)], mode="edge"), 1
+        while 2 * width <= length:  # run[i] = max of the padded line's [i, i + width)
+            m = run.shape[axis]
+            run = np.maximum(run[cut(0, m - width)], run[cut(width, m)])
+            width *= 2
+        out = np.maximum(run[cut(0, n)], run[cut(length - width, length - width + n)])
+    return out if out is not vol else vol.copy()
+
+
 def local_maxima(volume: np.ndarray, size) -> np.ndarray:
     """Heights of the local maxima of ``volume`` (each the largest of its ``size`` neighbourhood, above 0)."""
     vol = np.asarray(volume, np.float32)
-    return vol[(vol == ndimage.maximum_filter(vol, size=size, mode="nearest")) & (vol > 0)]
+    return vol[(vol == maximum_filter(vol, size)) & (vol > 0)]
 
 
 def typical_peak(volume: np.ndarray, *, fraction: float = 0.1, size=(3, 5, 5)) -> float:
@@ -212,7 +243,7 @@ def find_maxima(volume: np.ndarray, spacing: Sequence[float], *, smooth: Sequenc
     else:
         half = np.maximum(1, np.round(np.asarray(min_distance_um, float) / np.asarray(spacing)).astype(int))
     size = tuple(2 * h + 1 for h in half)
-    peaks = (sm == ndimage.maximum_filter(sm, size=size, mode="nearest")) & (sm > base)
+    peaks = (sm == maximum_filter(sm, size)) & (sm > base)
     return Maxima(coords=np.argwhere(peaks), heights=sm[peaks] - base, base=float(base), n_voxels=int(sm.size))
 
 

@@ -50,3 +50,18 @@ def test_typical_peak_ignores_density():
     vol[rng.integers(0, 20, 500), rng.integers(0, 80, 500), rng.integers(0, 80, 500)] += 0.5  # specks
     assert typical_peak(vol) == pytest.approx(11.0, abs=1.0)
     assert typical_peak(np.zeros((4, 4, 4), np.float32)) == 0.0
+
+
+@pytest.mark.parametrize("shape,size", [((9, 14, 17), (5, 5, 5)), ((3, 4, 7), (5, 9, 3)), ((6, 1, 9), (3, 3, 1)),
+                                        ((5, 6, 7), 7), ((4, 5, 6), (2, 3, 3))])
+def test_maximum_filter_equals_scipy_nearest(shape, size):
+    """The doubling maximum filter equals scipy's (mode "nearest") exactly, also for windows longer than
+    the axis and size 1; even sizes go to scipy."""
+    from scipy import ndimage
+
+    from restore3d.detect import maximum_filter
+    vol = np.random.default_rng(3).random(shape).astype(np.float32)
+    vol[0, 0, 0] = 5.0  # an edge maximum, spread by the edge rule
+    got = maximum_filter(vol, size)
+    assert got.dtype == np.float32 and got.shape == vol.shape
+    np.testing.assert_array_equal(got, ndimage.maximum_filter(vol, size=size, mode="nearest"))
