@@ -73,8 +73,12 @@ def _windowed_dot(volume, kernel, centres):
 
 def _autocorrelation(psf):
     """The PSF correlated with itself, centred, its size odd (about twice the PSF's)."""
-    from scipy import signal
-    auto = signal.fftconvolve(psf, psf[::-1, ::-1, ::-1], mode="full").astype(np.float32)
+    from scipy import fft as sfft  # (scipy.signal's fftconvolve: importing scipy.signal took about a second)
+    full = [2 * n - 1 for n in psf.shape]
+    fast = [sfft.next_fast_len(n, real=True) for n in full]
+    spectrum = sfft.rfftn(psf, fast)
+    spectrum *= sfft.rfftn(psf[::-1, ::-1, ::-1], fast)
+    auto = sfft.irfftn(spectrum, fast)[tuple(slice(0, n) for n in full)].astype(np.float32)
     return np.clip(auto, 0, None)
 
 
