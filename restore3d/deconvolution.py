@@ -274,19 +274,21 @@ def richardson_lucy(volume: np.ndarray, psf: np.ndarray, *, iterations: int = 30
 class _Loop:
     """The data, the normalisation and the steps of one RL run, on grids in the padded layout.
 
-    Every grid of the run (estimate, normalisation, Biggs buffers) is held
-    in the layout of :class:`restore3d._slab_fft.PaddedGrid`, and both
+    Every grid of the run (estimate, Biggs buffers) is held in the layout
+    of :class:`restore3d._slab_fft.PaddedGrid`, and both
     projections of an iteration run in place in one working buffer, slab by
     slab: the forward projection ``crop_D(h * est)`` reaches the ratio
     ``y / mu`` a slab of planes at a time (only the data domain D's planes
     and rows are transformed back), the ratio is written into the buffer
     with its zero frame, and the back projection turns it into ``H^T``
     (ratio) on the object's support. So an iteration holds one grid beside
-    the estimate and the normalisation, not the three of whole-grid
-    transforms. On the CPU with the matched model and no TV term, the
-    compiled kernels of :mod:`restore3d._fused` do each element-wise step in
-    one pass (the I-divergence monitor needs the clamped model, so it keeps
-    the PyTorch ratio).
+    the estimate, not the three of whole-grid transforms. On the CPU with
+    the matched model and no TV term, the compiled kernels of
+    :mod:`restore3d._fused` do each element-wise step in one pass, reading
+    the normalisation from its small exact table
+    (:class:`restore3d._border_weights.BorderWeights`; elsewhere it is
+    expanded into a grid); the I-divergence monitor needs the clamped model,
+    so it keeps the PyTorch ratio.
     """
 
     def __init__(self, model, vol, h, b, *, boundary, backprojector, tv, spacing, watch):
