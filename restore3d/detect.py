@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from ._checks import as_spacing, as_volume
+from ._filters import gaussian_filter
 from ._profiles import profile_fwhm, profile_peak
 from ._stats import half_normal_sigma, mad_sigma
 from .beads import BEAD_DTYPE, new_table
@@ -236,7 +237,7 @@ def find_maxima(volume: np.ndarray, spacing: Sequence[float], *, smooth: Sequenc
     """The local maxima :func:`detect_beads` chooses from (see its parameters)."""
     vol = as_volume(volume)
     spacing = as_spacing(spacing)
-    sm = ndimage.gaussian_filter(vol, smooth, mode="nearest") if np.any(np.asarray(smooth) > 0) else vol
+    sm = gaussian_filter(vol, smooth, mode="nearest") if np.any(np.asarray(smooth) > 0) else vol
     base, _ = robust_sigma(sm)
     if min_distance_um is None:
         half = np.array([2, 2, 2])

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from ._checks import as_spacing
+from ._filters import gaussian_filter
 from ._profiles import FWHM_PER_SIGMA
 
 __all__ = ["render_target", "target_sigma", "target_blur", "lateral_fwhm", "TARGET_TRUNCATE"]
@@ -41,8 +41,7 @@ def target_blur(volume: np.ndarray, spacing: Sequence[float], fwhm_um: float) ->
     A bead object rendered this way is the target's bead; the kernel sums to
     1, so flux is kept.
     """
-    return ndimage.gaussian_filter(np.asarray(volume, np.float32), target_sigma(spacing, fwhm_um),
-                                   mode="reflect", truncate=TARGET_TRUNCATE)
+    return gaussian_filter(volume, target_sigma(spacing, fwhm_um), mode="reflect", truncate=TARGET_TRUNCATE)
 
 
 def render_target(truth: np.ndarray, shape: Sequence[int], spacing: Sequence[float], *,

@@ -25,8 +25,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
+from .._filters import gaussian_filter
 from ..target import FWHM_PER_SIGMA, TARGET_TRUNCATE
 
 __all__ = ["render", "calibrate_kernel", "marginal_variances"]
@@ -35,7 +35,7 @@ __all__ = ["render", "calibrate_kernel", "marginal_variances"]
 def render(obj: np.ndarray, spacing: Sequence[float], sigma_um) -> np.ndarray:
     """The object blurred by a Gaussian of ``sigma_um`` (z, y, x micrometres), mirrored edges, float32."""
     sigma = np.asarray(sigma_um, float) / np.asarray(spacing, float)
-    return ndimage.gaussian_filter(np.asarray(obj, np.float32), sigma, mode="reflect", truncate=TARGET_TRUNCATE)
+    return gaussian_filter(obj, sigma, mode="reflect", truncate=TARGET_TRUNCATE)
 
 
 def marginal_variances(volume: np.ndarray, spacing: Sequence[float], positions, half_um) -> np.ndarray:
