@@ -67,3 +67,26 @@ def test_smoothed_lateral_width_is_not_biased_by_noise():
     assert c_noisy.raw_lateral_um < 0.95 * c_noisy.raw_lateral_smoothed_um
     assert c_noisy.raw_lateral_smoothed_um == pytest.approx(0.3, rel=0.06)
     assert np.isfinite(c_noisy.lateral_vs_raw_smoothed)
+
+
+def test_beads_centred_beyond_a_face_are_not_counted():
+    """A raw bead centred outside the volume shows as a maximum on its face; a restoration that places it
+    beyond the face (RL's "extend" boundary) shows nothing there. Neither count holds it, so the counts agree;
+    it is reported as a face bead and still counts as a neighbour (nothing near it is invented)."""
+    import numpy as np
+
+    from restore3d.beads import new_table, set_positions
+    from restore3d.target import render_target
+    inside = [(10.0, 30.0, 30.0), (25.0, 60.0, 40.0), (20.0, 40.0, 75.0)]
+    beyond = [(18.0, 50.0, -1.5)]  # 1.5 voxels outside the x = 0 face
+
+    def render(pos):
+        t = set_positions(new_table(len(pos)), np.asarray(pos), SP)
+        t["flux"] = 5000.0
+        return render_target(t, (40, 96, 96), SP, fwhm_um=0.3)
+
+    raw = render(inside + beyond)
+    assert np.unravel_index(np.argmax(raw[:, :, :3]), raw[:, :, :3].shape)[2] == 0  # its maximum on the face
+    restored = render(inside)
+    c = compare_to_raw(restored, raw, SP)
+    assert c.raw_beads == c.beads == c.matched == 3 and c.raw_face_beads == 1 and c.invented == 0
