@@ -81,3 +81,23 @@ def test_threaded_gaussian_filter_equals_scipy(sigma, mode, monkeypatch):
     got = _filters.gaussian_filter(vol, sigma, mode=mode, truncate=3.5)
     np.testing.assert_array_equal(got, ndimage.gaussian_filter(vol, sigma, mode=mode, truncate=3.5))
     np.testing.assert_array_equal(vol, before)
+
+
+def test_closed_form_half_maximum_crossing_equals_the_polynomial_fit():
+    """The closed-form crossing equals np.polyfit + np.roots on brackets (the samples on either side of the
+    level) and, by falling back to them, on a lopsided peak measured above its highest sample, where the
+    parabola crosses twice in the range (the first root np.roots lists is the one used)."""
+    from restore3d._profiles import _log_quadratic_crossing, _polyfit_crossing
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        xs = np.array([4.0, 5.0, 6.0])
+        ys = np.exp(-(xs - rng.uniform(3, 7)) ** 2 / (2 * rng.uniform(0.3, 3) ** 2)) * rng.uniform(1, 100)
+        lo, hi = (4.0, 5.0) if rng.random() < 0.5 else (5.0, 6.0)
+        level = rng.uniform(min(ys[xs == lo][0], ys[xs == hi][0]), max(ys[xs == lo][0], ys[xs == hi][0]))
+        assert _log_quadratic_crossing(xs, ys, level, lo, hi) == pytest.approx(
+            _polyfit_crossing(xs, ys, level, lo, hi), abs=1e-8)
+    # a bead lighting one plane, barely the next: both crossings of the level fall in [3, 4]
+    xs, ys, level = np.array([2.0, 3.0, 4.0]), np.array([2.6e-4, 355.7, 30.7]), 497.8
+    want = _polyfit_crossing(xs, ys, level, 3, 4)
+    assert want == pytest.approx(3.6415, abs=1e-3)
+    assert _log_quadratic_crossing(xs, ys, level, 3, 4) == want
