@@ -111,10 +111,17 @@ def _output_dtype(x, model):
     """The dtype of the network's output for input ``x``: the head's under autocast, promoted with the
     residual's (the input's)."""
     import torch
-    if torch.is_autocast_enabled(x.device.type):
-        head = torch.get_autocast_dtype(x.device.type)
-    else:
+    kind = x.device.type
+    try:
+        on = torch.is_autocast_enabled(kind)
+    except TypeError:  # torch < 2.4: no device argument
+        on = torch.is_autocast_cpu_enabled() if kind == "cpu" else torch.is_autocast_enabled()
+    if not on:
         head = model.head.weight.dtype
+    elif hasattr(torch, "get_autocast_dtype"):
+        head = torch.get_autocast_dtype(kind)
+    else:  # torch < 2.4
+        head = torch.get_autocast_cpu_dtype() if kind == "cpu" else torch.get_autocast_gpu_dtype()
     return torch.promote_types(head, x.dtype) if model.config.residual else head
 
 
