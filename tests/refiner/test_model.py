@@ -81,18 +81,24 @@ def test_inference_forward_equals_the_training_one(channels_last, depth, pools):
     assert torch.equal(got, ref)
 
 
-@pytest.mark.parametrize("keep_finest", [False, True])
-@pytest.mark.parametrize("slab_values", [3000, 20000])
-def test_slab_wise_inference_equals_the_whole_pass(keep_finest, slab_values):
-    """Many slabs along x (widths that do not divide the volume; the finest skip kept or computed again)
-    give the output of the whole pass, to the bit; slabs cover every column once."""
-    from restore3d.refiner.streaming import _columns, forward_by_slabs
+def _slab_case():
+    """A channels-last three-level U-Net, an input whose width no slab divides, and its whole-pass output."""
     model = random_model(seed=7, depth=3, pools=((1, 2, 2), (2, 2, 2), (2, 2, 2))).to(
         memory_format=torch.channels_last_3d)
     x = torch.rand(1, 1, 8, 24, 56, generator=torch.Generator().manual_seed(4)).contiguous(
         memory_format=torch.channels_last_3d)
     with torch.enable_grad():
         ref = model(x).detach()
+    return model, x, ref
+
+
+@pytest.mark.parametrize("keep_finest", [False, True])
+@pytest.mark.parametrize("slab_values", [3000, 20000])
+def test_slab_wise_inference_equals_the_whole_pass(keep_finest, slab_values):
+    """Many slabs along x (widths that do not divide the volume; the finest skip kept or computed again)
+    give the output of the whole pass, to the bit; slabs cover every column once."""
+    from restore3d.refiner.streaming import _columns, forward_by_slabs
+    model, x, ref = _slab_case()
     with torch.no_grad():
         got = forward_by_slabs(model, x, slab_values=slab_values, least_width=1, channels_last=True,
                                keep_finest=keep_finest)
@@ -106,12 +112,7 @@ def test_output_written_over_the_input_equals_the_whole_pass(slab_values):
     """With overwrite_input the output goes over the input where the finest slabs are at least their
     reach wide (else into a new tensor), to the bit of the whole pass."""
     from restore3d.refiner.streaming import _columns, _fits_in_place, forward_by_slabs
-    model = random_model(seed=7, depth=3, pools=((1, 2, 2), (2, 2, 2), (2, 2, 2))).to(
-        memory_format=torch.channels_last_3d)
-    x = torch.rand(1, 1, 8, 24, 56, generator=torch.Generator().manual_seed(4)).contiguous(
-        memory_format=torch.channels_last_3d)
-    with torch.enable_grad():
-        ref = model(x).detach()
+    model, x, ref = _slab_case()
     own = x.clone()
     with torch.no_grad():
         got = forward_by_slabs(model, own, slab_values=slab_values, least_width=1, channels_last=True,
