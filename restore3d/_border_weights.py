@@ -52,6 +52,9 @@ class BorderWeights:
         The weights; the last index along each axis is a zero state (outside the support).
     index : tuple of three int32 tensors
         For each axis, each grid coordinate's index into ``table`` (lengths GZ, GY, ``row``).
+    run : (x0, x1) ints
+        The longest run of columns sharing one index along x (the interior): the kernels use one weight
+        per row there and gather only at the row's ends.
     """
 
     def __init__(self, psf, shape, ext, grid, boundary, row=None, floor=WEIGHT_FLOOR):
@@ -97,6 +100,7 @@ class BorderWeights:
         self.table = torch.from_numpy(table)
         self.index = tuple(torch.from_numpy(i.astype(np.int32)) for i in idx)
         self.row = row
+        self.run = _longest_run(idx[2])
 
     @property
     def compact(self) -> bool:
@@ -113,3 +117,12 @@ class BorderWeights:
         """The weights of grid plane ``z`` as a (GY, row) tensor."""
         iy, ix = self.index[1].long(), self.index[2].long()
         return self.table[int(self.index[0][z])][iy[:, None], ix[None, :]]
+
+
+def _longest_run(states: np.ndarray) -> tuple[int, int]:
+    """``(start, stop)`` of the longest run of equal values in a 1D array (the first of equal lengths)."""
+    change = np.flatnonzero(np.diff(states)) + 1
+    starts = np.concatenate([[0], change])
+    stops = np.concatenate([change, [len(states)]])
+    k = int(np.argmax(stops - starts))
+    return int(starts[k]), int(stops[k])

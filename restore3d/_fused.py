@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _LIB = None
 _LOADED = False
 # the signature version of restore3d/_kernels.c this module calls (r3d_abi)
-_ABI = 4
+_ABI = 5
 
 
 def kernels_available() -> bool:
@@ -67,8 +67,8 @@ def _load():
         return None
     p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     lib.r3d_ratio.argtypes = [p, i64, i64, i64, p, p, f32, f32, p, i64, i64, i64, i64, i64, i64, i32]
-    lib.r3d_update.argtypes = [p, p, i64, i64, p, p, p, p, i64, i64, i64, i32]
-    lib.r3d_update_biggs.argtypes = [p, p, i64, i64, p, p, p, p, p, i64, i64, i64, p, i32]
+    lib.r3d_update.argtypes = [p, p, i64, i64, p, p, p, i64, i64, p, i64, i64, i64, i32]
+    lib.r3d_update_biggs.argtypes = [p, p, i64, i64, p, p, p, i64, i64, p, p, i64, i64, i64, p, i32]
     lib.r3d_extrapolate.argtypes = [p, p, f32, p, i64, i32]
     lib.r3d_mul_conj.argtypes = [p, p, i64, i32]
     for name in ("r3d_ratio", "r3d_update", "r3d_update_biggs", "r3d_extrapolate", "r3d_mul_conj"):
@@ -116,7 +116,7 @@ def _weights(back, weights, *others):
                          f"{tuple(back.shape)} buffer")
     _same(back, *others)
     tab = weights.table
-    return (_ptr(tab), tab.shape[1], tab.shape[2], *(_ptr(i) for i in weights.index))
+    return (_ptr(tab), tab.shape[1], tab.shape[2], *(_ptr(i) for i in weights.index), *weights.run)
 
 
 def update(back: torch.Tensor, weights, est: torch.Tensor) -> None:

@@ -28,7 +28,7 @@
 /* the signature version: restore3d/_fused.py refuses a library built from other sources */
 int r3d_abi(void)
 {
-    return 4;
+    return 5;
 }
 
 /* 1 when the kernels run on OpenMP threads, 0 when built without OpenMP */
@@ -78,22 +78,29 @@ void r3d_ratio(const float *mu, int64_t mz, int64_t my, int64_t mx,
 }
 
 /* The RL normalisation at grid voxel (z, y, x) is tab[(iz[z] * ty + iy[y]) * tx + ix[x]]: a small table
- * and per-axis indices (restore3d/_border_weights.py), not a grid. */
+ * and per-axis indices (restore3d/_border_weights.py), not a grid. Along x the index is constant on
+ * [x0, x1) (the columns farther than half the PSF from the data's border): there the weight is one
+ * number and the loop vectorises; the gathers stay at the row's ends. */
 #define R3D_WEIGHT_ROW(z, y) (tab + ((int64_t)iz[z] * ty + iy[y]) * tx)
 
 /* plain RL update in place on a (nz, ny, nx) grid: back = back * w * est */
 R3D_CLONES
 void r3d_update(float *restrict back, const float *restrict tab, int64_t ty, int64_t tx,
-                const int32_t *iz, const int32_t *iy, const int32_t *restrict ix,
+                const int32_t *iz, const int32_t *iy, const int32_t *restrict ix, int64_t x0, int64_t x1,
                 const float *restrict est, int64_t nz, int64_t ny, int64_t nx, int nthreads)
 {
     int64_t rows = nz * ny;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < rows; r++) {
         const float *restrict w = R3D_WEIGHT_ROW(r / ny, r % ny);
+        const float wc = w[ix[x0]];
         float *restrict bk = back + r * nx;
         const float *restrict es = est + r * nx;
-        for (int64_t i = 0; i < nx; i++)
+        for (int64_t i = 0; i < x0; i++)
+            bk[i] = bk[i] * w[ix[i]] * es[i];
+        for (int64_t i = x0; i < x1; i++)
+            bk[i] = bk[i] * wc * es[i];
+        for (int64_t i = x1; i < nx; i++)
             bk[i] = bk[i] * w[ix[i]] * es[i];
     }
 }
@@ -103,9 +110,20 @@ void r3d_update(float *restrict back, const float *restrict tab, int64_t ty, int
  * dots[0] = sum d^2 and dots[1] = sum d * g_previous (accumulated in double).
  * One buffer for both differences: each element is read before it is
  * overwritten, which saves a stream over keeping two. */
+#define R3D_BIGGS_STEP(wi)                          \
+    do {                                            \
+        float x_ = bk[i] * (wi) * es[i];            \
+        float d_ = x_ - es[i];                      \
+        float p_ = gr[i];                           \
+        bk[i] = x_;                                 \
+        gr[i] = d_;                                 \
+        rgg += (double)d_ * (double)d_;             \
+        rgp += (double)d_ * (double)p_;             \
+    } while (0)
+
 R3D_CLONES
 void r3d_update_biggs(float *restrict back, const float *restrict tab, int64_t ty, int64_t tx,
-                      const int32_t *iz, const int32_t *iy, const int32_t *restrict ix,
+                      const int32_t *iz, const int32_t *iy, const int32_t *restrict ix, int64_t x0, int64_t x1,
                       const float *restrict est, float *restrict g, int64_t nz, int64_t ny, int64_t nx,
                       double *dots, int nthreads)
 {
@@ -114,19 +132,17 @@ void r3d_update_biggs(float *restrict back, const float *restrict tab, int64_t t
     #pragma omp parallel for schedule(static) num_threads(nthreads) reduction(+:gg, gp)
     for (int64_t r = 0; r < rows; r++) {
         const float *restrict w = R3D_WEIGHT_ROW(r / ny, r % ny);
+        const float wc = w[ix[x0]];
         float *restrict bk = back + r * nx;
         const float *restrict es = est + r * nx;
         float *restrict gr = g + r * nx;
         double rgg = 0.0, rgp = 0.0;
-        for (int64_t i = 0; i < nx; i++) {
-            float x = bk[i] * w[ix[i]] * es[i];
-            float d = x - es[i];
-            float previous = gr[i];
-            bk[i] = x;
-            gr[i] = d;
-            rgg += (double)d * (double)d;
-            rgp += (double)d * (double)previous;
-        }
+        for (int64_t i = 0; i < x0; i++)
+            R3D_BIGGS_STEP(w[ix[i]]);
+        for (int64_t i = x0; i < x1; i++)
+            R3D_BIGGS_STEP(wc);
+        for (int64_t i = x1; i < nx; i++)
+            R3D_BIGGS_STEP(w[ix[i]]);
         gg += rgg;
         gp += rgp;
     }
