@@ -66,13 +66,11 @@ class BorderWeights:
             idx[2][int(grid[2]):] = 1
             sums = np.ones((1, 1, 1))
         else:
-            h = np.asarray(psf, np.float64)
-            if boundary == "zero":
-                h = np.zeros((1, 1, 1))
-                h[0, 0, 0] = 1.0  # the indicator of D: a unit PSF's box sum
+            if boundary == "zero":  # the indicator of D: a unit PSF's box sums, no extension
+                h, ext = np.ones((1, 1, 1)), (0, 0, 0)
+            else:
+                h = np.asarray(psf, np.float64)
             c = [p // 2 for p in h.shape]
-            if boundary == "zero":
-                ext = (0, 0, 0)
             idx, bounds = [], []
             for n, e, p, cc, g, length in zip(shape, ext, h.shape, c, grid, lengths):
                 v = np.arange(min(n + 2 * e, int(g)))  # the support along this axis (as the grid holds it)
@@ -93,8 +91,7 @@ class BorderWeights:
                 for ys, ysign in ((y1, 1), (y0, -1)):
                     for xs, xsign in ((x1, 1), (x0, -1)):
                         sums += zsign * ysign * xsign * cum[np.ix_(zs, ys, xs)]
-        with np.errstate(divide="ignore"):
-            inv = np.where(sums > floor, 1.0 / np.maximum(sums, floor), 0.0)
+        inv = np.where(sums > floor, 1.0 / np.maximum(sums, floor), 0.0)
         table = np.zeros(tuple(s + 1 for s in inv.shape), np.float32)
         table[:-1, :-1, :-1] = inv
         self.table = torch.from_numpy(table)
