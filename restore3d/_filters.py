@@ -10,6 +10,7 @@ slabs are cut, so the result is scipy's exactly.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,13 +27,9 @@ def _threads() -> int:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         n = os.cpu_count() or 1
-    try:
-        import sys
-        torch = sys.modules.get("torch")
-        if torch is not None:  # the thread count the user gave PyTorch (RL, the refiner)
-            n = min(n, torch.get_num_threads())
-    except Exception:  # noqa: BLE001 - a torch without get_num_threads: the CPUs
-        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:  # the thread count the user gave PyTorch (RL, the refiner)
+        n = min(n, torch.get_num_threads())
     return max(1, n)
 
 

@@ -25,10 +25,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ._border_weights import BorderWeights
 from ._checks import as_psf, as_volume
 from ._fused import kernels as fused_kernels
 from ._fused import kernels_available
-from ._border_weights import BorderWeights
 from ._slab_fft import PaddedGrid
 from .forward_model import (BACKPROJECTORS, ForwardModel, as_background, i_divergence_of, torch_device,
                             torch_threads)

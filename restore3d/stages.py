@@ -208,8 +208,8 @@ class RichardsonLucy(Stage):
     default_name = "rl"
 
     def memory_bytes(self, shape, spacing, psf=None):
-        # 4.8 float32 arrays of the padded FFT grid measured at the peak beside the data and the output
-        # (34 x 512 x 512): the estimate, its last value and last change, the OTF, one working buffer the
+        # about 4.8 float32 arrays of the padded FFT grid at the peak (34 x 512 x 512: 9.9x the volume
+        # measured, less the data and the output): the estimate, its last value and last change, the OTF, one working buffer the
         # projections run in (restore3d._slab_fft), slabs and the heap's slack; the weights are a small
         # table (restore3d._border_weights; benchmarks/RESULTS.md, section 5); 7 counted
         return 7 * 4.0 * _fft_grid_voxels(shape, psf)
