@@ -187,7 +187,7 @@ def working_grid_of(meta: dict, shape, spacing, psf, *, part_of=None, multiple=(
 def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, psf=None, device=None,
            tile_shape=None, max_voxels: int = 8_000_000, intensity=None, precision: str = "auto",
            progress: bool = False, calibrate: bool = True, kernel_um=None, info: dict | None = None,
-           part_of=None, light_gain: float | None = None) -> np.ndarray:
+           part_of=None, light_gain: float | None = None, round_beads: bool = True) -> np.ndarray:
     """Apply a refiner network to the output of its preceding stages.
 
     The input transform of the checkpoint (``meta["input_transform"]``), the
@@ -230,6 +230,11 @@ def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, p
         A working grid's rendered samples times this (chunks of a large
         volume: the sample's); default measured on the volume (see
         :func:`_render_on`).
+    round_beads : bool
+        For rendering refiners: make each bead's object as extended along z
+        as across before rendering, its light and centre kept
+        (:func:`restore3d.refiner.rounding.round_bead_objects`; dim beads
+        otherwise come out long).
 
     Returns
     -------
@@ -249,7 +254,15 @@ def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, p
     if transform not in RENDERING:
         return apply_output_transform(out if grid is None else grid.object_to_source(out), spacing,
                                       transform, psf)
+    rounding = None
+    if round_beads:
+        from ..target import lateral_fwhm
+        from .rounding import round_bead_objects
+        out, rounding = round_bead_objects(out, spacing if grid is None else grid.spacing,
+                                           lateral_fwhm(psf, spacing), in_place=True)
     sigma, report = _rendered_kernel(out, spacing, transform, psf, grid, calibrate, kernel_um)
+    if rounding is not None:
+        report["rounding"] = rounding
     rendered = _render_on(out, spacing, grid, sigma, light_gain, report)
     if info is not None:
         info["rendering"] = report

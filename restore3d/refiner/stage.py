@@ -79,6 +79,14 @@ class Refiner(Stage):
         Refiners on a working grid: the scale of the rendered samples
         (default measured on each volume; set by :meth:`freeze` so chunks of
         a large volume share it).
+    round_beads : bool
+        Refiners that render the target's kernel after their bead object:
+        before rendering, make each bead's object as extended along z as
+        across, its light and centre kept
+        (:func:`restore3d.refiner.rounding.round_bead_objects`; reported in
+        ``result.info["refiner"]["rendering"]["rounding"]``). Without it dim
+        beads come out long (benchmarks/RESULTS.md section 7). No effect on
+        other refiners.
 
     Notes
     -----
@@ -93,8 +101,9 @@ class Refiner(Stage):
     def __init__(self, weights=DEFAULT_WEIGHTS, *, device: str | None = None,
                  tile_shape: list | None = None, max_voxels: int = 8_000_000, intensity=None,
                  precision: str = "auto", check: bool = True, calibrate: bool = True, kernel_um=None,
-                 light_gain: float | None = None):
+                 light_gain: float | None = None, round_beads: bool = True):
         self.weights = weights
+        self.round_beads = round_beads
         self.check = check
         self.calibrate = calibrate
         self.kernel_um = None if kernel_um is None else [float(v) for v in kernel_um]
@@ -223,7 +232,7 @@ class Refiner(Stage):
                       device=device or self.device, tile_shape=self.tile_shape, max_voxels=self.max_voxels,
                       intensity=self.intensity, precision=self.precision, progress=progress,
                       calibrate=self.calibrate, kernel_um=self.kernel_um, info=info, part_of=part_of,
-                      light_gain=self.light_gain)
+                      light_gain=self.light_gain, round_beads=self.round_beads)
 
     def freeze(self, sample, ctx):
         """Measure the intensity normalisation (and a rendering refiner's kernel and light) once on the sample.
@@ -249,7 +258,7 @@ class Refiner(Stage):
             refine(as_volume(sample), ctx.spacing, model=model, meta=meta, psf=ctx.psf,
                    device=self.device or ctx.device, tile_shape=self.tile_shape, max_voxels=self.max_voxels,
                    intensity=intensity, precision=self.precision, info=info, calibrate=self.calibrate,
-                   kernel_um=kernel)
+                   kernel_um=kernel, round_beads=self.round_beads)
             if kernel is None and info["rendering"]["calibrated"]:
                 from ..target import FWHM_PER_SIGMA
                 kernel = [v / FWHM_PER_SIGMA for v in info["rendering"]["kernel_fwhm_um"]]
@@ -257,7 +266,7 @@ class Refiner(Stage):
                 gain = info["rendering"]["light_gain"]
         return Refiner(self.weights, device=self.device, tile_shape=self.tile_shape,
                        max_voxels=self.max_voxels, intensity=intensity, precision=self.precision, check=False,
-                       calibrate=False, kernel_um=kernel, light_gain=gain)
+                       calibrate=False, kernel_um=kernel, light_gain=gain, round_beads=self.round_beads)
 
     def __call__(self, volume, ctx: RunContext):
         _, meta = self.network()
@@ -341,4 +350,5 @@ class Refiner(Stage):
                              pool=pool, out=out, seed=seed, psf=psf, device=device, progress=progress,
                              consistency=consistency)
         return Refiner(str(path), device=self.device, tile_shape=self.tile_shape, max_voxels=self.max_voxels,
-                       precision=self.precision, check=self.check, calibrate=self.calibrate)
+                       precision=self.precision, check=self.check, calibrate=self.calibrate,
+                       round_beads=self.round_beads)
