@@ -10,9 +10,9 @@ x the ideal's elongation).
 
 Beads are small and round, so their objects should be as extended along z
 as across. :func:`round_bead_objects` finds the beads of the object (local
-maxima above the noise of the maxima themselves, as
-:func:`restore3d.detect.detect_beads` does, and above a fraction of the
-typical bead), gives each the voxels of its core (nearer to it than to
+maxima, each the highest within one target FWHM, above the noise of the
+maxima themselves as :func:`restore3d.detect.detect_beads` judges it, and
+above a fraction of the typical bead), gives each the voxels of its core (nearer to it than to
 any other bead, within a box of a few target FWHMs, at least ``core`` of
 its peak), and moves that light along z towards the bead's light-weighted
 centre so that its axial variance equals its lateral one. Light is only
@@ -42,7 +42,7 @@ def round_bead_objects(obj: np.ndarray, spacing: Sequence[float], fwhm_um: float
     ----------
     obj : (Z, Y, X) ndarray
         A rendering refiner's bead object (non-negative), e.g. on its
-        working grid. Not changed unless ``in_place`` (and float32).
+        working grid. Not changed unless ``in_place`` (C-contiguous float32).
     spacing : (dz, dy, dx) floats, micrometres
         The grid of ``obj``.
     fwhm_um : float
@@ -80,9 +80,9 @@ def round_bead_objects(obj: np.ndarray, spacing: Sequence[float], fwhm_um: float
     from .._filters import gaussian_filter
     from ..detect import maximum_filter, noise_threshold, typical_height
     vol = np.asarray(obj, np.float32)
-    if in_place and vol is not obj:
-        raise ValueError(f"round_bead_objects(in_place=True) needs a float32 ndarray, got {type(obj).__name__} "
-                         f"of {getattr(obj, 'dtype', None)}; pass in_place=False")
+    if in_place and (vol is not obj or not vol.flags.c_contiguous):
+        raise ValueError(f"round_bead_objects(in_place=True) needs a C-contiguous float32 ndarray, got "
+                         f"{type(obj).__name__} of {getattr(obj, 'dtype', None)}; pass in_place=False")
     sp = np.asarray(spacing, float)
     report = {"beads": 0, "rounded": 0, "axial_scale": 1.0}
     unchanged = vol if in_place else vol.copy()

@@ -82,6 +82,8 @@ def test_rounding_in_place_and_without_beads():
     assert report == {"beads": 0, "rounded": 0, "axial_scale": 1.0} and not empty.any()
     with pytest.raises(ValueError, match="in_place=True.*float32"):
         round_bead_objects(vol.astype(np.float64), SP, FWHM, in_place=True)
+    with pytest.raises(ValueError, match="in_place=True.*C-contiguous"):  # a strided view would be written to a copy
+        round_bead_objects(np.asfortranarray(vol), SP, FWHM, in_place=True)
 
 
 def test_two_beads_one_above_the_other_stay_two():
