@@ -56,6 +56,13 @@ def test_rendering_refiner_measures_its_kernel_and_chunks_share_it(tmp_path):
     rendering = info["rendering"]
     assert rendering["calibrated"] and rendering["n_beads"] >= 3
     assert len(rendering["kernel_fwhm_um"]) == 3 and max(rendering["kernel_fwhm_um"]) <= rendering["target_fwhm_um"]
+    # this network's object is its input, RL's long beads: each is rounded before rendering
+    assert rendering["rounding"]["rounded"] >= 3 and rendering["rounding"]["axial_scale"] < 0.9
+    unrounded = {}
+    long = Refiner.load(path, round_beads=False).restore(np.asarray(rl), SP, psf=sim.psf, info=unrounded)
+    assert "rounding" not in unrounded["rendering"] and not np.allclose(out, long)
+    with pytest.raises(ValueError, match="round_beads"):
+        Refiner.load(path, round_beads="yes").validate()
     as_trained = Refiner.load(path, calibrate=False).restore(np.asarray(rl), SP, psf=sim.psf)
     assert not np.allclose(out, as_trained)
     assert out.sum() == pytest.approx(as_trained.sum(), rel=1e-3)  # the kernel moves light, never adds it
