@@ -85,7 +85,7 @@ def round_bead_objects(obj: np.ndarray, spacing: Sequence[float], fwhm_um: float
                          f"{type(obj).__name__} of {getattr(obj, 'dtype', None)}; pass in_place=False")
     sp = np.asarray(spacing, float)
     report = {"beads": 0, "rounded": 0, "axial_scale": 1.0}
-    unchanged = vol if in_place else vol.copy()
+    unchanged = vol if in_place or vol is not obj else vol.copy()  # a converted input is already a copy
     if vol.ndim != 3 or vol.size == 0 or not np.any(vol > 0):
         return unchanged, report
     smooth = gaussian_filter(vol, 1.0)
