@@ -9,7 +9,10 @@ Per stack, for the classical stages alone (background -> PSF from the beads
 elongation against the ideal at that sampling (isotropic Gaussians of the
 raw beads' lateral FWHM rendered at their positions and measured the same
 way), lateral FWHM against the raw, bead count against the raw, per-bead
-light against the raw minus background, invented spots, background residual
+light against the raw minus background (flux_ratio: the raw bead's light is
+its flux fitted with the PSF the pipeline used, wings included;
+window_flux_ratio: the raw's light in a +-2 FWHM window, which misses the
+wings), invented spots, background residual
 (:func:`restore3d.assess.compare_to_raw`), and the refiner's self-check.
 Simulated stacks with real artefacts (8-bit, clipped background,
 saturation, scan tail; dim ones) add the scores against their truth: spots
@@ -67,7 +70,7 @@ SIMULATED = {
 
 COLUMNS = ["stack", "stages", "seconds", "raw_beads", "beads", "invented", "elongation", "ideal_elongation",
            "elongation_vs_ideal", "lateral_vs_raw", "lateral_vs_raw_smoothed", "flux_ratio", "flux_spread",
-           "background", "self_check"]
+           "window_flux_ratio", "background", "self_check"]
 SIM_COLUMNS = ["stack", "stages", "spots", "spots_per_bead", "ap", "elongation", "target_elongation", "nrmse_si"]
 
 
@@ -100,7 +103,7 @@ def run_stack(name, vol, spacing, refiner, rows, crop=False, after=(), psf=None,
     if perfect is not None:  # a simulation's target: every bead's true light, round at the target's FWHM
         variants.append(("perfect (the simulation's target)", perfect, float("nan")))
     for stages, out, seconds in variants:
-        c = assess.compare_to_raw(out, clean, spacing)
+        c = assess.compare_to_raw(out, clean, spacing, psf=res.psf)
         row = {"stack": name, "stages": stages, "seconds": seconds, **c.as_dict()}
         if stages.startswith("hybrid"):
             row["self_check"] = "passed" if check.get("passed") else "FAILED " + ", ".join(

@@ -90,3 +90,41 @@ def test_beads_centred_beyond_a_face_are_not_counted():
     restored = render(inside)
     c = compare_to_raw(restored, raw, SP)
     assert c.raw_beads == c.beads == c.matched == 3 and c.raw_face_beads == 1 and c.invented == 0
+
+
+@pytest.fixture(scope="module")
+def haloed():
+    """Beads under a PSF with a halo: 70 % of the light in a (0.3, 0.9) um core, 30 % in a 3x wider halo."""
+    shape = (21, 41, 41)
+    core = gaussian_psf(SP, fwhm_lateral=0.3, fwhm_axial=0.9, shape=shape)
+    halo = gaussian_psf(SP, fwhm_lateral=0.9, fwhm_axial=2.7, shape=shape)
+    psf = 0.7 * core / core.sum() + 0.3 * halo / halo.sum()
+    sim = simulate_beads((40, 128, 128), SP, n_beads=16, psf=psf, bead_diameter=0.0, flux=20000.0,
+                         flux_spread=0.0, read_noise=0.5, ambient=AmbientLight(offset=0, level=0),
+                         min_separation=3.0, seed=4)
+    return sim, psf
+
+
+def test_psf_fit_photometry_gives_a_restoration_that_keeps_the_light_a_ratio_of_1(haloed):
+    """Each bead's true light drawn round (a perfect restoration) scores 1 when the raw beads' light is their
+    PSF-fitted flux; the +-2 FWHM window misses the halo and reads the same restoration as brighter."""
+    sim, psf = haloed
+    perfect = ideal_volume(sim.truth, sim.raw.shape, SP, 0.3) * 20000.0
+    fitted = compare_to_raw(perfect, sim.raw, SP, psf=psf)
+    assert fitted.flux_method == "psf fit" and fitted.isolated >= 5
+    assert fitted.flux_ratio == pytest.approx(1.0, abs=0.05), fitted
+    assert fitted.window_flux_ratio > 1.15, fitted
+    windowed = compare_to_raw(perfect, sim.raw, SP)
+    assert windowed.flux_method == "window" and windowed.flux_ratio == pytest.approx(fitted.window_flux_ratio)
+    # halving every bead's light halves the ratio
+    assert compare_to_raw(0.5 * perfect, sim.raw, SP, psf=psf).flux_ratio == pytest.approx(
+        0.5 * fitted.flux_ratio, rel=0.02)
+
+
+def test_bad_psf_rejected(raw):
+    """A PSF that is not a 3D, non-negative array is refused before any work."""
+    import numpy as np
+    with pytest.raises(ValueError, match="psf"):
+        compare_to_raw(raw.raw, raw.raw, SP, psf=np.ones((5, 5)))
+    with pytest.raises(ValueError, match="negative"):
+        compare_to_raw(raw.raw, raw.raw, SP, psf=-np.ones((5, 5, 5)))
