@@ -203,6 +203,14 @@ def psf_accuracy(shared):
         p = prepare_psf(tifffile.imread(shared), shape=(25, 25, 25))
         cases.append(("measured LLSM PSF (shared/data)", (0.1, 0.1, 0.1),
                       {"psf": p, "density": 0.01, "flux": 20000.0}, (48, 192, 192)))
+    from bench_real import SIMULATED
+    for name in ("sim dim NA 1.4 oil into water, 0.3/0.1", "sim dim NA 0.8 air, 0.3/0.1"):
+        kw = dict(SIMULATED[name])
+        sp_dim = kw.pop("spacing")
+        label = name.replace("sim ", "") + f" ({kw['flux']:.0f} photons per bead)"
+        cases.append((label, sp_dim, kw, (32, 256, 256)))
+        # the same beads without noise: what the estimate gives when only noise differs
+        cases.append((label + ", noise-free", sp_dim, {**kw, "poisson": False, "read_noise": 0.0}, (32, 256, 256)))
     for label, sp, kw, shape in cases:
         sim = simulate_beads(shape or SHAPE, sp, seed=5, **kw)
         bg = subtract_background(sim.raw, sp)
