@@ -10,7 +10,12 @@ um confocal stack as on a 0.3 / 0.1 um widefield one, so the network's task
 does not change with the sampling, and finely sampled volumes cost far less.
 
 Resampling is linear interpolation (matrices per axis); the network's object
-goes back by the adjoint, which keeps every bead's light exactly. The grid
+goes back by the adjoint, which keeps every bead's light exactly. A rendered
+object comes back as the ideal target is made: the target's Gaussian
+evaluated at the source's voxel centres (each working voxel a box of light),
+not interpolated from the working grid, whose linear interpolation would
+widen a bead by up to a quarter of a working voxel's variance, by how its
+centre falls between the source's planes. The grid
 is anchored to the whole volume: working voxel ``i`` is centred ``(i + 0.5)``
 steps from the whole volume's first edge, whatever part of it a run sees.
 A chunk of a large volume (``origin``: where it starts in the whole) then
@@ -40,6 +45,23 @@ def _interp_matrix(n_from: int, centres: np.ndarray) -> np.ndarray:
     np.add.at(m, (rows, lo), 1.0 - t)
     np.add.at(m, (rows, hi), t)
     return m
+
+
+def _render_matrix(n_from: int, centres: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
+    """Light of ``n_from`` working voxels (boxes of one voxel) blurred by a Gaussian of ``sigma`` voxels, at
+    ``centres`` (working voxels): the Gaussian integrated over each box, mirrored edges (scipy's "reflect")."""
+    from scipy.special import ndtr
+    sigma = max(float(sigma), 1e-3)
+    reach = truncate * sigma + 0.5
+    k = int(np.ceil(reach)) + 1
+    j = np.arange(-k, n_from + k)
+    d = np.asarray(centres, float)[:, None] - j[None, :]
+    w = ndtr((d + 0.5) / sigma) - ndtr((d - 0.5) / sigma)
+    w[np.abs(d) > reach] = 0.0
+    cols = np.where(j < 0, -1 - j, np.where(j >= n_from, 2 * n_from - 1 - j, j))
+    m = np.zeros((n_from, len(d)), np.float64)
+    np.add.at(m, cols, w.T)
+    return m.T.astype(np.float32)
 
 
 def _sparse_rows(m: np.ndarray):
@@ -108,8 +130,8 @@ class Grid:
     shape: tuple          # working grid shape
     source_shape: tuple
     mats: tuple           # per axis: (n_work, n_source) matrix, or None when the axis is unchanged
-    back: tuple = ()      # per axis: (n_source, n_work) sampling matrix at the source's centres, or None
     start: tuple = (0.0, 0.0, 0.0)  # working coordinate of the source's first voxel centre, per axis
+    centres: tuple = ()   # per axis: the source's voxel centres in working voxels, or None when unchanged
 
     @property
     def volume_ratio(self) -> float:
@@ -130,15 +152,25 @@ class Grid:
         back = _apply([None if m is None else m.T for m in self.mats], obj)
         return back * np.float32(self.volume_ratio)
 
-    def sample_to_source(self, work: np.ndarray) -> np.ndarray:
-        """Values of a smooth working-grid volume (a rendered one) at the source's voxel centres.
+    def render_to_source(self, obj: np.ndarray, sigma_um) -> np.ndarray:
+        """A working-grid object blurred by a Gaussian of ``sigma_um`` (z, y, x um), at the source's voxel centres.
 
-        Linear interpolation, the same extent: for volumes smooth on the
-        working grid's scale (the target's kernel rendered there), so each
-        source voxel gets the rendered bead's value at its centre, as the
-        ideal target is sampled. Light is not renormalised here.
+        Along resampled axes the Gaussian is integrated over each working
+        voxel (a box of light) at each source voxel centre, as the ideal
+        target is point-sampled; along unchanged axes it is
+        :func:`restore3d.refiner.calibration.render`'s blur. Mirrored edges.
+        Values are per working voxel, as the object's; light is not
+        renormalised here.
         """
-        return _apply(self.back, work)
+        from .._filters import gaussian_filter
+        from ..target import TARGET_TRUNCATE
+        sig = np.asarray(sigma_um, float) / np.asarray(self.spacing, float)
+        centres = self.centres or (None,) * obj.ndim
+        mats = [None if c is None else _render_matrix(obj.shape[a], c, sig[a], TARGET_TRUNCATE)
+                for a, c in enumerate(centres)]
+        out = _apply(mats, obj)
+        rest = [0.0 if c is not None else s_ for c, s_ in zip(centres, sig)]
+        return gaussian_filter(out, rest, mode="reflect", truncate=TARGET_TRUNCATE) if any(rest) else out
 
     def positions_to_work(self, positions: np.ndarray) -> np.ndarray:
         """Source voxel coordinates (N, 3) to working-grid voxel coordinates."""
@@ -176,11 +208,11 @@ def working_grid(shape: Sequence[int], spacing: Sequence[float], fwhm_um: float,
         factor = (growth / max_growth) ** (1.0 / int(up.sum()))
         steps[up] = np.minimum(steps[up] * factor, np.asarray(spacing)[up])
     whole_shape = shape if whole_shape is None else tuple(int(n) for n in whole_shape)
-    mats, back, work_spacing, work_shape, start = [], [], [], [], []
+    mats, centres, work_spacing, work_shape, start = [], [], [], [], []
     for n, d, w, o, m, total in zip(shape, spacing, steps, origin, multiple, whole_shape):
         if abs(w / d - 1.0) < 0.02:
             mats.append(None)
-            back.append(None)
+            centres.append(None)
             work_spacing.append(d)
             work_shape.append(n)
             start.append(0.0)
@@ -193,9 +225,9 @@ def working_grid(shape: Sequence[int], spacing: Sequence[float], fwhm_um: float,
         stop = max(first + 1, int(np.ceil((o + n) * r - 1e-9)))
         idx = np.arange(first, stop)
         mats.append(_interp_matrix(n, (idx + 0.5) / r - 0.5 - o))  # working centres in local source voxels
-        back.append(_interp_matrix(len(idx), (o + np.arange(n) + 0.5) * r - 0.5 - first))
+        centres.append((o + np.arange(n) + 0.5) * r - 0.5 - first)  # the source's centres in working voxels
         work_shape.append(len(idx))
         work_spacing.append(float(w))
         start.append((o + 0.5) * r - 0.5 - first)
     return Grid(spacing=tuple(work_spacing), source_spacing=spacing, shape=tuple(work_shape),
-                source_shape=shape, mats=tuple(mats), back=tuple(back), start=tuple(start))
+                source_shape=shape, mats=tuple(mats), start=tuple(start), centres=tuple(centres))

@@ -272,19 +272,20 @@ def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, p
 def _render_on(obj, spacing, grid, sigma_um, gain=None, report=None):
     """The object rendered with a kernel of ``sigma_um``, on the volume's grid.
 
-    A working grid's object is rendered on that grid (as the refiner was
-    trained) and the smooth result sampled at the volume's voxel centres (as
-    the ideal target is), its light set to the object's: point samples of
-    beads narrower than a plane hold more or less than their light
+    A working grid's object is rendered at the volume's voxel centres (the
+    kernel evaluated there, as the ideal target is sampled;
+    :meth:`restore3d.refiner.grid.Grid.render_to_source`), its light set to
+    the object's: point samples of beads narrower than a plane hold more or
+    less than their light
     depending on where the beads sit, so the samples are scaled by
     ``gain`` (default: the object's light over theirs, measured on this
     volume; chunks of a large volume share the sample's). ``report``: a dict
     that gets the ``"light_gain"`` used.
     """
-    from .calibration import render
     if grid is None:
+        from .calibration import render
         return render(obj, spacing, sigma_um)
-    out = grid.sample_to_source(render(obj, grid.spacing, sigma_um))
+    out = grid.render_to_source(obj, sigma_um)
     if gain is None:
         light, got = float(obj.sum(dtype=np.float64)) * grid.volume_ratio, float(out.sum(dtype=np.float64))
         gain = light / got if got > 0 else 1.0
