@@ -159,6 +159,15 @@ class Grid:
         back = _apply([None if m is None else m.T for m in self.mats], obj)
         return back * np.float32(self.volume_ratio)
 
+    def rendered_sigma(self, sigma_um) -> np.ndarray:
+        """The kernel (sigma per axis, um) :meth:`render_to_source` renders for ``sigma_um``: at least
+        :data:`MIN_RENDER_SIGMA` working voxels along resampled axes, so no bead is aliased onto one plane."""
+        sig = np.asarray(sigma_um, float).copy()
+        for a, c in enumerate(self.centres or (None,) * sig.size):
+            if c is not None:
+                sig[a] = max(sig[a], MIN_RENDER_SIGMA * self.spacing[a])
+        return sig
+
     def render_to_source(self, obj: np.ndarray, sigma_um) -> np.ndarray:
         """A working-grid object blurred by a Gaussian of ``sigma_um`` (z, y, x um), at the source's voxel centres.
 
@@ -172,10 +181,8 @@ class Grid:
         """
         from .._filters import gaussian_filter
         from ..target import TARGET_TRUNCATE
-        sig = np.asarray(sigma_um, float) / np.asarray(self.spacing, float)
+        sig = self.rendered_sigma(sigma_um) / np.asarray(self.spacing, float)
         centres = self.centres or (None,) * obj.ndim
-        # along resampled axes never narrower than MIN_RENDER_SIGMA: no bead aliased onto one plane
-        sig = np.array([max(v, MIN_RENDER_SIGMA) if c is not None else v for v, c in zip(sig, centres)])
         mats = [None if c is None else _render_matrix(obj.shape[a], c, sig[a], TARGET_TRUNCATE)
                 for a, c in enumerate(centres)]
         out = _apply(mats, obj)

@@ -261,6 +261,10 @@ def refine(volume: np.ndarray, spacing: Sequence[float], *, model, meta: dict, p
         out, rounding = round_bead_objects(out, spacing if grid is None else grid.spacing,
                                            lateral_fwhm(psf, spacing), in_place=True)
     sigma, report = _rendered_kernel(out, spacing, transform, psf, grid, calibrate, kernel_um)
+    if grid is not None:  # report the kernel as rendered (its floor on resampled axes included)
+        from ..target import FWHM_PER_SIGMA
+        sigma = grid.rendered_sigma(sigma)
+        report["kernel_fwhm_um"] = [float(v) for v in FWHM_PER_SIGMA * sigma]
     if rounding is not None:
         report["rounding"] = rounding
     rendered = _render_on(out, spacing, grid, sigma, light_gain, report)

@@ -123,6 +123,7 @@ def test_rendering_from_the_working_grid_keeps_the_targets_width(kernel):
     ratio = np.nanmedian(widths, axis=0) / np.nanmedian(ideal, axis=0)
     assert np.all((ratio >= 0.97) & (ratio <= 1.07)), ratio
     floor = MIN_RENDER_SIGMA * np.asarray(g.spacing)
+    np.testing.assert_array_equal(g.rendered_sigma(0.2 * floor), floor)
     np.testing.assert_array_equal(g.render_to_source(obj, 0.2 * floor), g.render_to_source(obj, floor))
 
 
