@@ -50,7 +50,8 @@ def _interp_matrix(n_from: int, centres: np.ndarray) -> np.ndarray:
 #: Narrowest rendered kernel along a resampled axis, in working voxels: sqrt(1/6), the mean spread of the linear
 #: interpolation it replaced. A narrower one samples, at each source voxel centre, only the working voxel that
 #: centre falls in: a bead's planes would depend on where its voxels fall (calibrated kernels reach 0.25 x the
-#: target's where the object is long: dim NA 1.4 read 1.37 x the target's elongation with no floor, 1.19 with it).
+#: target's where the object is long: dim NA 1.4 read 1.37 x the target's elongation with no floor, 1.19 with it
+#: at stop 31).
 MIN_RENDER_SIGMA = float(np.sqrt(1.0 / 6.0))
 
 

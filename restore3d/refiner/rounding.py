@@ -14,12 +14,17 @@ maxima, each the highest within one target FWHM, above the noise of the
 maxima themselves as :func:`restore3d.detect.detect_beads` judges it, and
 above a fraction of the typical bead), gives each the voxels of its core (nearer to it than to
 any other bead, within a box of a few target FWHMs, at least ``core`` of
-its peak), and moves that light along z towards the bead's light-weighted
-centre so that its axial variance equals its lateral one. Light is only
+its peak: by default :data:`CORE`, the level above which a Gaussian bead
+holds 95 % of its light), and moves that light along z towards the bead's
+light-weighted centre so that its axial variance equals its lateral one. Light is only
 moved, never made or removed, along z only, to linearly shared planes; a
-bead's centre does not move; a bead no longer along z than across (large
-round beads, flattened ones) is left as it is. Light outside the bead cores
-(noise, the faint carpet of a dim volume) stays where it is.
+bead's centre does not move; a bead round within 5 % or flatter
+(:data:`ROUND_ENOUGH`: round beads up to twice the target's FWHM, flattened
+ones) is left as it is. The box is narrower across (``reach``) than along
+z, so a round bead more than twice the target's FWHM, its core cut at the
+box's sides, is shortened a little (2.35 x the FWHM: its axial spread by
+6 %). Light outside the bead cores (noise, the faint carpet of a dim
+volume) stays where it is.
 """
 from __future__ import annotations
 
@@ -30,11 +35,22 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["round_bead_objects"]
+__all__ = ["round_bead_objects", "CORE", "ROUND_ENOUGH"]
+
+#: A bead's core: its voxels at or above this fraction of its peak. A Gaussian
+#: bead (of any axial stretch) holds 95 % of its light there:
+#: exp(-q / 2), q = 7.815 the 95 % quantile of chi-square with 3 degrees of
+#: freedom. At 0.15 (before stop 32) the core held 72 %, and the tails left
+#: out kept dim beads long (benchmarks/RESULTS.md, section 7).
+CORE = float(np.exp(-0.5 * 7.814727903251178))
+
+#: A bead whose axial variance is at most this times its lateral one (its
+#: axial spread within 5 %) is round enough: left as it is.
+ROUND_ENOUGH = 1.1
 
 
 def round_bead_objects(obj: np.ndarray, spacing: Sequence[float], fwhm_um: float, *, snr: float = 5.0,
-                       floor: float = 0.02, fraction: float = 0.1, core: float = 0.15, reach=(3.0, 2.0),
+                       floor: float = 0.02, fraction: float = 0.1, core: float = CORE, reach=(3.0, 2.0),
                        in_place: bool = False) -> tuple[np.ndarray, dict]:
     """Make each bead's object as extended along z as across, its light and centre kept.
 
@@ -59,7 +75,8 @@ def round_bead_objects(obj: np.ndarray, spacing: Sequence[float], fwhm_um: float
         ... and at least this fraction of the typical bead's height.
     core : float
         A bead's core: the voxels whose smoothed value is at least this
-        fraction of its peak.
+        fraction of its peak (default :data:`CORE`, 0.020: 95 % of a
+        Gaussian bead's light).
     reach : (axial, lateral) floats
         Half-size of the box a bead's core is sought in, in target FWHMs.
     in_place : bool
@@ -125,7 +142,7 @@ def round_bead_objects(obj: np.ndarray, spacing: Sequence[float], fwhm_um: float
         centre = (g * w[:, None]).sum(0) / total
         var = ((g - centre) ** 2 * w[:, None]).sum(0) / total * sp ** 2
         lateral = 0.5 * (var[1] + var[2])
-        if var[0] <= lateral or var[0] <= 0:
+        if var[0] <= ROUND_ENOUGH * lateral or var[0] <= 0:
             continue
         s = float(np.sqrt(lateral / var[0]))
         scales.append(s)
