@@ -211,7 +211,7 @@ def UNet3D(config: UNetConfig):
 
         def forward(self, x):
             if not torch.is_grad_enabled():
-                # inference: each level's blocks in slabs, the finest level never held whole
+                # inference: each level's blocks in slabs, the finest level held whole only where it is small
                 # (restore3d.refiner.streaming; benchmarks/RESULTS.md section 5)
                 from .streaming import forward_by_slabs
                 return forward_by_slabs(self, x, channels_last=self._channels_last())

@@ -193,13 +193,16 @@ class Refiner(Stage):
         precision = resolve_precision(self.precision, self.device or "cpu")
         per_voxel = self.network_bytes_per_channel[precision] * model.config.base_channels
         tile = min(work, float(self.max_voxels)) * 1.15  # tiles are rounded up to the network's grid
+        # a small tile's finest skip is held whole (restore3d.refiner.streaming.KEEP_FINEST_BYTES)
+        from .streaming import finest_skip_bytes, keeps_finest
+        held = finest_skip_bytes(model.config, (1, 1, tile)) if keeps_finest(model.config, (1, 1, tile)) else 0.0
         # the working grid's arrays (the normalised grid and the blended output during the pass, the object and
         # its rendering after it: 3 counted; a 34 x 1024^2 field measured 0.85 of this estimate frozen,
         # benchmarks/RESULTS.md section 5); the self-check's and the kernel measurement's (a rendering and
         # ideal beads)
         from .transforms import RENDERING
         measured = 6 * self.check + 3 * (self.calibrate and meta.get("output_transform") in RENDERING)
-        return per_voxel * tile + 3 * 4.0 * work + measured * 4.0 * voxels
+        return per_voxel * tile + held + 3 * 4.0 * work + measured * 4.0 * voxels
 
     def halo(self, spacing, psf) -> tuple[int, int, int]:
         from .inference import working_grid_of

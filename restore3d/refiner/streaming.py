@@ -24,10 +24,22 @@ The values are those of the whole pass, to the bit.
 Slabs run along x because PyTorch's CPU convolution takes its slow path
 (no oneDNN) when batch x channels x z x y of the input is small, which thin
 y slabs are.
+
+Where the finest skip is small (at most :data:`KEEP_FINEST_BYTES`: the
+working grid of a 32 x 256 x 256 widefield stack is about 3 M voxels, 92 MB
+with 8 base channels) it is held rather than computed again: what the
+slabs save in memory is then not worth their time (the refiner on issue 4's
+setting C, 32 x 256 x 256: 4.1-5.6 s with the skip computed again, 3.4-3.7 s
+held, on 2 AVX2 cores; benchmarks/RESULTS.md section 5).
 """
 from __future__ import annotations
 
-__all__ = ["forward_by_slabs", "slab_bounds"]
+import numpy as np
+
+__all__ = ["forward_by_slabs", "slab_bounds", "keeps_finest", "finest_skip_bytes", "KEEP_FINEST_BYTES"]
+
+#: The finest level's skip (base channels x voxels, counted in float32) is held whole up to this size.
+KEEP_FINEST_BYTES = 128 * 2 ** 20
 
 #: Values (voxels x channels) of a block's widest array in one slab: 16 MB in float32.
 SLAB_VALUES = 4_000_000
@@ -137,8 +149,19 @@ def _columns(shape, channels, slab_values, least=1):
     return max(least, int(slab_values // (max(1, shape[2] * shape[3]) * max(1, channels))))
 
 
+def finest_skip_bytes(config, shape) -> float:
+    """Bytes of the finest level's skip for an input of ``shape`` (N, C, Z, Y, X), counted in float32."""
+    n, _, *spatial = shape
+    return 4.0 * config.base_channels * float(n) * float(np.prod(spatial))
+
+
+def keeps_finest(config, shape) -> bool:
+    """Whether :func:`forward_by_slabs` holds the finest skip by default: at most :data:`KEEP_FINEST_BYTES`."""
+    return finest_skip_bytes(config, shape) <= KEEP_FINEST_BYTES
+
+
 def forward_by_slabs(model, x, *, slab_values: int = SLAB_VALUES, least_width: int = LEAST_WIDTH,
-                     channels_last: bool = False, keep_finest: bool = False, overwrite_input: bool = False):
+                     channels_last: bool = False, keep_finest="auto", overwrite_input: bool = False):
     """``model(x)`` without gradients, each level's blocks run in slabs along x (module docstring).
 
     Parameters
@@ -154,12 +177,13 @@ def forward_by_slabs(model, x, *, slab_values: int = SLAB_VALUES, least_width: i
         Slabs are at least this many times a block's context wide.
     channels_last : bool
         Hold the arrays channels-last (what oneDNN convolves fastest on CPUs).
-    keep_finest : bool
+    keep_finest : bool or "auto"
         Hold the finest level's skip (the base channels at full resolution)
-        for the decoder; default: keep only its pooled copy and compute it
+        for the decoder. False: keep only its pooled copy and compute it
         again slab by slab where the decoder joins it (its first block runs
         twice; only the input and the output are held whole at full
-        resolution).
+        resolution). "auto" (default): hold it where it takes at most
+        :data:`KEEP_FINEST_BYTES` (:func:`keeps_finest`).
     overwrite_input : bool
         Write the output over ``x`` (slab by slab, once no slab reads those
         columns again) and return ``x``: the input and the output are then
@@ -173,6 +197,10 @@ def forward_by_slabs(model, x, *, slab_values: int = SLAB_VALUES, least_width: i
     import torch
     from .model import _upsample_join
     cfg = model.config
+    if isinstance(keep_finest, str) and keep_finest == "auto":
+        keep_finest = keeps_finest(cfg, x.shape)
+    elif not isinstance(keep_finest, bool):
+        raise ValueError(f"keep_finest must be True, False or 'auto', got {keep_finest!r}")
     halo = cfg.convs_per_level * (cfg.kernel_size // 2)
     ch = [cfg.base_channels * 2 ** i for i in range(cfg.depth + 1)]
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format

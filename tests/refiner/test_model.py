@@ -92,7 +92,7 @@ def _slab_case():
     return model, x, ref
 
 
-@pytest.mark.parametrize("keep_finest", [False, True])
+@pytest.mark.parametrize("keep_finest", [False, True, "auto"])
 @pytest.mark.parametrize("slab_values", [3000, 20000])
 def test_slab_wise_inference_equals_the_whole_pass(keep_finest, slab_values):
     """Many slabs along x (widths that do not divide the volume; the finest skip kept or computed again)
@@ -116,12 +116,45 @@ def test_output_written_over_the_input_equals_the_whole_pass(slab_values):
     own = x.clone()
     with torch.no_grad():
         got = forward_by_slabs(model, own, slab_values=slab_values, least_width=1, channels_last=True,
-                               overwrite_input=True)
+                               overwrite_input=True, keep_finest=False)
     assert torch.equal(got, ref)
     halo = 2  # two 3x3x3 convolutions per block; the finest skip is computed again: twice that reach
     fits = _fits_in_place(_columns(x.shape, 8 + 2 * 4, slab_values, halo), 2 * halo, 2)
     assert (got.data_ptr() == own.data_ptr()) == fits
     assert fits == (slab_values > 3000)
+
+
+def test_the_finest_skip_is_held_only_where_small(monkeypatch):
+    """By default the finest skip is held up to KEEP_FINEST_BYTES (8 base channels x voxels x 4 bytes) and
+    computed again above; either way the output is the whole pass's. A keep_finest that is neither a bool
+    nor "auto" is refused."""
+    from restore3d.refiner import streaming
+    model, x, ref = _slab_case()
+    cfg = model.config
+    limit = streaming.KEEP_FINEST_BYTES // (4 * cfg.base_channels)  # voxels
+    assert streaming.keeps_finest(cfg, (1, 1, 1, 1, limit))
+    assert not streaming.keeps_finest(cfg, (1, 1, 1, 1, limit + 1))
+    assert streaming.keeps_finest(cfg, (1, 1, 32, 64, 64)) and not streaming.keeps_finest(cfg, (1, 1, 64, 512, 512))
+    calls = []
+    real = model.down[0].forward
+
+    def counted(t):
+        calls.append(t.shape[-1])
+        return real(t)
+
+    monkeypatch.setattr(model.down[0], "forward", counted)
+    columns, default = {}, streaming.KEEP_FINEST_BYTES
+    for limit_bytes in (default, 0):
+        monkeypatch.setattr(streaming, "KEEP_FINEST_BYTES", limit_bytes)
+        calls.clear()
+        with torch.no_grad():
+            got = streaming.forward_by_slabs(model, x, slab_values=3000, least_width=1, channels_last=True)
+        assert torch.equal(got, ref)
+        columns[limit_bytes] = sum(calls)
+    # computed again, the decoder's slabs run the first block over every column once more
+    assert columns[0] >= columns[default] + x.shape[-1]
+    with pytest.raises(ValueError, match="keep_finest must be True, False or 'auto'"):
+        streaming.forward_by_slabs(model, x, keep_finest="yes")
 
 
 def test_slab_bounds_cover_each_column_once_with_context():
