@@ -26,11 +26,13 @@ Slabs run along x because PyTorch's CPU convolution takes its slow path
 y slabs are.
 
 Where the finest skip is small (at most :data:`KEEP_FINEST_BYTES`: the
-working grid of a 32 x 256 x 256 widefield stack is about 3 M voxels, 92 MB
-with 8 base channels) it is held rather than computed again: what the
-slabs save in memory is then not worth their time (the refiner on issue 4's
-setting C, 32 x 256 x 256: 4.1-5.6 s with the skip computed again, 3.4-3.7 s
-held, on 2 AVX2 cores; benchmarks/RESULTS.md section 5).
+working grid of a 32 x 256 x 256 widefield stack holds 3-5 M voxels, 92-151
+MB with 8 base channels) it is held rather than computed again: what the
+slabs save in memory is then not worth their time (on 2 AVX2 cores the
+refiner on issue 4's setting C took 4.1 s with the skip computed again, 3.3
+s held; on the demo 9.3-10.2 s against 6.8-7.1 s, its pipeline's peak 90 MB
+higher; benchmarks/RESULTS.md section 5). A 34 x 512 x 512 field's working
+grid (about 7 M voxels, 230 MB) still runs in slabs.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ import numpy as np
 __all__ = ["forward_by_slabs", "slab_bounds", "keeps_finest", "finest_skip_bytes", "KEEP_FINEST_BYTES"]
 
 #: The finest level's skip (base channels x voxels, counted in float32) is held whole up to this size.
-KEEP_FINEST_BYTES = 128 * 2 ** 20
+KEEP_FINEST_BYTES = 192 * 2 ** 20
 
 #: Values (voxels x channels) of a block's widest array in one slab: 16 MB in float32.
 SLAB_VALUES = 4_000_000
