@@ -107,21 +107,23 @@ def test_slab_wise_inference_equals_the_whole_pass(keep_finest, slab_values):
     assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("keep_finest", [False, True])
 @pytest.mark.parametrize("slab_values", [3000, 20000, 10 ** 9])
-def test_output_written_over_the_input_equals_the_whole_pass(slab_values):
+def test_output_written_over_the_input_equals_the_whole_pass(slab_values, keep_finest):
     """With overwrite_input the output goes over the input where the finest slabs are at least their
-    reach wide (else into a new tensor), to the bit of the whole pass."""
+    reach wide (else into a new tensor), to the bit of the whole pass, the finest skip held or not."""
     from restore3d.refiner.streaming import _columns, _fits_in_place, forward_by_slabs
     model, x, ref = _slab_case()
     own = x.clone()
     with torch.no_grad():
         got = forward_by_slabs(model, own, slab_values=slab_values, least_width=1, channels_last=True,
-                               overwrite_input=True, keep_finest=False)
+                               overwrite_input=True, keep_finest=keep_finest)
     assert torch.equal(got, ref)
-    halo = 2  # two 3x3x3 convolutions per block; the finest skip is computed again: twice that reach
-    fits = _fits_in_place(_columns(x.shape, 8 + 2 * 4, slab_values, halo), 2 * halo, 2)
+    halo = 2  # two 3x3x3 convolutions per block; a finest skip computed again reaches twice that
+    reach = halo if keep_finest else 2 * halo
+    fits = _fits_in_place(_columns(x.shape, 8 + 2 * 4, slab_values, halo), reach, 2)
     assert (got.data_ptr() == own.data_ptr()) == fits
-    assert fits == (slab_values > 3000)
+    assert fits == (slab_values > 3000 or keep_finest)
 
 
 def test_the_finest_skip_is_held_only_where_small(monkeypatch):
