@@ -118,3 +118,20 @@ def test_rendering_refiner_chunk_wise_equals_whole():
     # the second chunk's block starts inside the volume (off the pooling grid), its context short of the edge
     assert plan["n_chunks"] == 4 and 0 < 128 - plan["halo"][1] and 128 + plan["halo"][1] < 256
     assert float(np.abs(chunked - whole).max()) < 1e-3 * float(whole.max())
+
+
+def test_memory_estimate_counts_the_finest_skip_where_inference_holds_it(monkeypatch):
+    """A small volume's network holds its finest level whole (streaming.KEEP_FINEST_BYTES): the stage's
+    memory estimate counts those bytes there, and a 512^2 field's, run in slabs, is as before."""
+    from restore3d.psf import gaussian_psf
+    from restore3d.refiner import Refiner, streaming
+    psf = gaussian_psf(SP, fwhm_lateral=0.25, fwhm_axial=0.8)
+    ref = Refiner()
+    small, big = (32, 256, 256), (34, 512, 512)
+    held = {s: ref.memory_bytes(s, SP, psf) for s in (small, big)}
+    limit = streaming.KEEP_FINEST_BYTES
+    monkeypatch.setattr(streaming, "KEEP_FINEST_BYTES", 0)
+    slabs = {s: ref.memory_bytes(s, SP, psf) for s in (small, big)}
+    assert held[big] == slabs[big]
+    extra = held[small] - slabs[small]
+    assert 30 * 2 ** 20 < extra <= limit * 1.15
