@@ -192,12 +192,12 @@ class Refiner(Stage):
         from .precision import resolve_precision
         precision = resolve_precision(self.precision, self.device or "cpu")
         per_voxel = self.network_bytes_per_channel[precision] * model.config.base_channels
-        tile = min(work, float(self.max_voxels)) * 1.15  # tiles are rounded up to the network's grid
+        least = min(work, float(self.max_voxels))
+        tile = least * 1.15  # tiles are rounded up to the network's grid
         # a small tile's finest skip is held whole (restore3d.refiner.streaming.KEEP_FINEST_BYTES): counted
         # wherever the unrounded tile may be held, at the rounded tile's size (never under the need)
         from .streaming import finest_skip_bytes, keeps_finest
-        small = keeps_finest(model.config, (1, 1, tile / 1.15))
-        held = finest_skip_bytes(model.config, (1, 1, tile)) if small else 0.0
+        held = finest_skip_bytes(model.config, (1, 1, tile)) if keeps_finest(model.config, (1, 1, least)) else 0.0
         # the working grid's arrays (the normalised grid and the blended output during the pass, the object and
         # its rendering after it: 3 counted; a 34 x 1024^2 field measured 0.85 of this estimate frozen,
         # benchmarks/RESULTS.md section 5); the self-check's and the kernel measurement's (a rendering and
