@@ -54,6 +54,8 @@ def main():
                     help="weight of voxels the prediction lights where the target has none (1: the original loss)")
     ap.add_argument("--false-reach", type=int, default=None,
                     help="apply --false-weight only within this many voxels of a target bead voxel")
+    ap.add_argument("--face-crops", type=float, default=0.0,
+                    help="share of patches cropped flush with the volume's first or last plane")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="auto")
@@ -77,7 +79,7 @@ def main():
             params["false_reach"] = args.false_reach
     cfg = TrainConfig(steps=args.steps, pool=args.pool, loss=args.loss, loss_params=params, seed=args.seed, lr=args.lr,
                       epoch_steps=100, patience=args.patience, validation=args.validation, precision=args.precision,
-                      time_limit=None if args.minutes is None else 60 * args.minutes)
+                      face_crops=args.face_crops, time_limit=None if args.minutes is None else 60 * args.minutes)
     command = "python benchmarks/train_refiner.py " + " ".join(sys.argv[1:])
     t0 = time.perf_counter()
     res = train(args.out, config=cfg, model_config=unet_config(args.channels, args.depth), ranges=simulation_ranges(args.range),

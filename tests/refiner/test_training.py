@@ -176,3 +176,39 @@ def test_cli_train_writes_checkpoint(tmp_path):
     assert meta["training"]["command"].startswith("restore3d train")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "--overwrite" in r.stderr
+
+
+def _ramp_pair(shape=(40, 20, 20)):
+    """A pair whose input holds each voxel's plane index and whose target its row index (crops readable)."""
+    from restore3d.refiner.training.data import Pair
+    z = np.broadcast_to(np.arange(shape[0], dtype=np.float32)[:, None, None], shape).copy()
+    y = np.broadcast_to(np.arange(shape[1], dtype=np.float32)[None, :, None], shape).copy()
+    return Pair(input=z, target=y, spacing=(0.2, 0.1, 0.1), scale=1.0, truth=None)
+
+
+def test_face_crops_put_patches_flush_with_the_stack_faces():
+    """faces=1: every crop starts at the first plane or ends at the last, both alike; faces=0: uniform starts."""
+    from restore3d.refiner.training.data import random_patch
+    pair, patch = _ramp_pair(), (16, 8, 8)
+    rng = np.random.default_rng(0)
+    starts, rows = [], set()
+    for _ in range(400):
+        x, y = random_patch(pair, patch, rng, faces=1.0)
+        starts.append(int(x.min()))
+        rows.add(int(y.min()))
+    starts = np.asarray(starts)
+    assert set(starts) == {0, 24}  # 40 - 16: flush with the last plane
+    assert 0.4 < np.mean(starts == 0) < 0.6
+    assert len(rows) > 8  # the lateral crops still move
+    for faces, flush in ((0.0, 2 / 25), (0.5, 0.5 + 0.5 * 2 / 25)):
+        got = np.mean([int(random_patch(pair, patch, rng, faces=faces)[0].min()) in (0, 24) for _ in range(2000)])
+        assert abs(got - flush) < 0.04, (faces, got)
+
+
+def test_face_crops_outside_0_1_are_refused_before_any_work():
+    from restore3d.refiner.training.data import random_patch
+    from restore3d.refiner.training.train import TrainConfig
+    with pytest.raises(ValueError, match="face_crops is a share of patches in"):
+        TrainConfig(face_crops=1.5)
+    with pytest.raises(ValueError, match="faces is a probability"):
+        random_patch(_ramp_pair(), (16, 8, 8), np.random.default_rng(0), faces=-0.1)

@@ -97,7 +97,8 @@ def adapt_refiner(refiner, volume, spacing, *, minutes, steps, pool, out, seed, 
     cfg = TrainConfig(steps=steps or 100_000, batch=base.get("batch", 4), patch=tuple(base.get("patch", (32, 64, 64))),
                       lr=base.get("lr", 1e-3) * 0.3, warmup=10, pool=pool, validation=3,
                       epoch_steps=25, patience=10 ** 6, loss=meta["loss"]["name"],
-                      loss_params=meta["loss"]["params"], seed=seed, time_limit=60.0 * minutes)
+                      loss_params=meta["loss"]["params"], seed=seed, time_limit=60.0 * minutes,
+                      face_crops=base.get("face_crops", 0.0))
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="restore3d-adapted-")) / "adapted"
         log.info("adapted refiner written to %s (pass out= to keep it elsewhere)", out)

@@ -353,19 +353,31 @@ def make_pairs(n: int, ranges: SimulationRanges, prefix: Pipeline, normalizer: N
     return pairs
 
 
-def random_patch(pair: Pair, patch: tuple, rng: np.random.Generator):
+def random_patch(pair: Pair, patch: tuple, rng: np.random.Generator, faces: float = 0.0):
     """A random crop of a pair with random flips (and a quarter turn when dy == dx).
 
     A pair smaller than ``patch`` along an axis is padded with empty space.
+    With probability ``faces`` the crop along z is flush with the volume's
+    first or last plane (each half the time). Inference meets the stack's
+    faces on every volume; uniform crops of 32 planes from a 46-plane
+    training volume show one in 2 of 15 patches, their other z ends
+    cutting the volume where light goes on beyond.
     """
+    if not 0.0 <= float(faces) <= 1.0:
+        raise ValueError(f"faces is a probability in [0, 1], got {faces!r}")
     short = [(0, max(0, p - n)) for n, p in zip(pair.input.shape, patch)]
     if any(b for _, b in short):
         pair = dataclasses.replace(pair, input=np.pad(pair.input, short), target=np.pad(pair.target, short))
     shape = pair.input.shape
+    # no draw when faces == 0: the crops are then those drawn before the option
+    flush = float(faces) > 0 and rng.random() < float(faces)
     sl = []
-    for n, p in zip(shape, patch):
+    for axis, (n, p) in enumerate(zip(shape, patch)):
         p = min(p, n)
-        s = int(rng.integers(0, n - p + 1))
+        if axis == 0 and flush:
+            s = (n - p) * int(rng.integers(0, 2))
+        else:
+            s = int(rng.integers(0, n - p + 1))
         sl.append(slice(s, s + p))
     x = pair.input[tuple(sl)]
     y = pair.target[tuple(sl)]

@@ -61,6 +61,9 @@ class TrainConfig:
         Stop after this many seconds of training (pool generation excluded).
     precision : {"auto", "fp32", "bf16"}
         Autocast precision (:func:`restore3d.refiner.precision.resolve_precision`).
+    face_crops : float
+        Share of patches cropped flush with the volume's first or last
+        plane (:func:`restore3d.refiner.training.data.random_patch`).
     """
 
     steps: int = 3000
@@ -78,6 +81,11 @@ class TrainConfig:
     seed: int = 0
     time_limit: float | None = None
     precision: str = "auto"
+    face_crops: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.face_crops) <= 1.0:
+            raise ValueError(f"face_crops is a share of patches in [0, 1], got {self.face_crops!r}")
 
     def to_dict(self):
         d = dataclasses.asdict(self)
@@ -155,10 +163,10 @@ def _transforms(init, prefix, input_transform, output_transform, grid):
     return input_transform, output_transform, grid
 
 
-def _batch_loss(model, loss_fn, batch, patch, rng, dev, precision, render):
+def _batch_loss(model, loss_fn, batch, patch, rng, dev, precision, render, faces=0.0):
     """The loss of one batch of random patches, each pair weighted by ``1 / loss_scale``."""
     import torch
-    xs, ys = zip(*(random_patch(p, patch, rng) for p in batch))
+    xs, ys = zip(*(random_patch(p, patch, rng, faces) for p in batch))
     x = torch.from_numpy(np.stack(xs))[:, None].to(dev)
     y = torch.from_numpy(np.stack(ys))[:, None].to(dev)
     sigmas = np.stack([p.sigma for p in batch]) if render else None
@@ -338,7 +346,7 @@ def train(out, *, config: TrainConfig = TrainConfig(), model_config: UNetConfig 
             g["lr"] = _lr_at(step, config)
         batch = [pairs[int(rng.integers(len(pairs)))] for _ in range(config.batch)]
         loss = _batch_loss(model, loss_fn, batch, config.patch, rng, dev, precision,
-                           output_transform is not None)
+                           output_transform is not None, config.face_crops)
         if extra_loss is not None:
             with autocast(precision, dev):
                 loss = loss + extra_weight * extra_loss(model, rng, dev)
