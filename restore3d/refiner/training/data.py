@@ -360,7 +360,7 @@ def random_patch(pair: Pair, patch: tuple, rng: np.random.Generator, faces: floa
     With probability ``faces`` the crop along z is flush with the volume's
     first or last plane (each half the time). Inference meets the stack's
     faces on every volume; uniform crops of 32 planes from a 46-plane
-    training volume show one in 2 of 15 patches, their other z ends
+    training volume show them in 2 of 15 patches, their other z ends
     cutting the volume where light goes on beyond.
     """
     if not 0.0 <= float(faces) <= 1.0:
